@@ -1,0 +1,140 @@
+"""The `coco-seg` command: make-sample, check, export, demo."""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from coco_seg.config import CONFIG_ENV_VAR, ConfigError, load_config
+
+
+def _use_config(path: Optional[str]) -> None:
+    """``--config`` wins over the environment; it is exported so that check subprocesses see the same file."""
+    if path is not None:
+        os.environ[CONFIG_ENV_VAR] = str(Path(path).resolve())
+
+
+def cmd_make_sample(args: argparse.Namespace) -> int:
+    from coco_seg.sample_data import make_sample
+
+    summary = make_sample(Path(args.out), images=args.images, seed=args.seed, plant_defects=args.plant_defects)
+    print(f"wrote {summary.training_images} training + {summary.validation_images} validation images to "
+          f"{summary.out_dir} ({summary.planted_defects} planted label defects)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from coco_seg.check import print_report, run_checks
+
+    config = load_config()  # fail fast, with the config error, before starting subprocesses
+    print(f"checking leap_binder.py with config {config.source} ({config.label_mode}: "
+          f"{', '.join(config.class_names)}; model {config.model_path})")
+    return 0 if print_report(run_checks()) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from coco_seg.export import export_model, model_card_for
+    from coco_seg.model import build_unet, load_keras_checkpoint
+
+    config = load_config()
+    if args.untrained:
+        model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
+                           encoder_weights=args.encoder_weights, alpha=args.alpha)
+        extra = {"trained": False, "encoder_weights": args.encoder_weights}
+    else:
+        model = load_keras_checkpoint(Path(args.checkpoint))
+        extra = {"trained": True, "checkpoint": str(Path(args.checkpoint).resolve())}
+    paths = export_model(model, Path(args.out), card=model_card_for(config, **extra))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def write_demo_config(out: Path, *, data_root: Path, model_path: Path, label_mode: str = "category") -> Path:
+    config_path = out / "config.yaml"
+    config_path.write_text(
+        "# written by `coco-seg demo`\n"
+        f"data:\n  root: {json.dumps(str(data_root))}\n"
+        f"labels:\n  mode: {label_mode}\n"
+        f"model:\n  path: {json.dumps(str(model_path))}\n")
+    return config_path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coco_seg.check import print_report, run_checks
+    from coco_seg.export import export_model, model_card_for
+    from coco_seg.model import build_unet
+    from coco_seg.sample_data import make_sample
+
+    started = time.monotonic()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[1/3] generating the sample dataset in {out / 'data'}")
+    summary = make_sample(out / "data", images=args.images, seed=0, plant_defects=0.1)
+    config_path = write_demo_config(out, data_root=summary.out_dir, model_path=out / "model" / "model.onnx")
+    _use_config(str(config_path))
+    config = load_config(config_path)
+    print("[2/3] exporting an untrained MobileNetV2 + U-Net (random encoder: ImageNet weights need a download)")
+    model = build_unet(image_size=config.image_size, num_classes=config.num_classes, encoder_weights="none",
+                       alpha=0.35)
+    export_model(model, out / "model", card=model_card_for(config, trained=False, encoder_weights="none"))
+    print("[3/3] running the Tensorleap engine checks on leap_binder.py")
+    passed = print_report(run_checks(config_path=config_path))
+    print(f"\ndemo {'finished' if passed else 'FAILED'} in {time.monotonic() - started:.0f} s")
+    print(f"  data:   {summary.out_dir} ({summary.training_images} training, {summary.validation_images} "
+          f"validation images, {summary.planted_defects} planted label defects)")
+    print(f"  model:  {out / 'model'} (model.onnx, model.h5, model_card.json)")
+    print(f"  config: {config_path}  (use it with COCO_SEG_CONFIG={config_path} or --config)")
+    return 0 if passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coco-seg", description=__doc__)
+    parser.add_argument("--config", help=f"YAML overriding the defaults (else ${CONFIG_ENV_VAR})")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("make-sample", help="write the generated COCO-layout sample dataset")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--images", type=int, default=48, help="total images over both splits")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--plant-defects", type=float, default=0.0, metavar="FRACTION",
+                        help="share of training images given a known label defect (planted_defects.json)")
+    sample.set_defaults(run=cmd_make_sample)
+
+    check = commands.add_parser("check", help="run the engine loader check and the integration test")
+    check.set_defaults(run=cmd_check)
+
+    export = commands.add_parser("export", help="write model.onnx, model.h5 and model_card.json")
+    export.add_argument("--out", required=True)
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--untrained", action="store_true", help="a freshly built model (decoder untrained)")
+    source.add_argument("--checkpoint", help="a trained Keras model (.keras or .h5)")
+    export.add_argument("--encoder-weights", default="imagenet", metavar="imagenet|none|PATH",
+                        help="encoder weights for --untrained (default imagenet, needs a download)")
+    export.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier for --untrained")
+    export.set_defaults(run=cmd_export)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded generated dataset")
+    demo.add_argument("--out", default="coco-seg-demo")
+    demo.add_argument("--images", type=int, default=48)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    _use_config(args.config)
+    try:
+        return args.run(args)
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"coco-seg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

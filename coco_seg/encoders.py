@@ -1,0 +1,32 @@
+"""Model input, ground truth and metadata of one sample, all served from its single cached decode."""
+
+from typing import Any
+
+import numpy as np
+
+from coco_seg.coco_data import SplitData
+from coco_seg.masks import one_hot
+from coco_seg.samples import CACHE, SampleError
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """(S, S, 3) uint8 RGB → float32 in [-1, 1], as MobileNetV2 expects (``pixel / 127.5 - 1``)."""
+    return image.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+
+
+def encode_image(split: SplitData, sample_id: str) -> np.ndarray:
+    """The model input: (S, S, 3) float32, channels last, in [-1, 1]."""
+    return normalize_image(CACHE.get(split, sample_id).image)
+
+
+def encode_mask(split: SplitData, sample_id: str) -> np.ndarray:
+    """The ground truth: (S, S, K+1) float32 one-hot, background first."""
+    mask = CACHE.get(split, sample_id).mask
+    if mask is None:
+        raise SampleError(f"sample {sample_id} of split {split.name} is unlabeled: it has no ground truth")
+    return one_hot(mask, num_classes=split.config.num_classes)
+
+
+def sample_metadata(split: SplitData, sample_id: str) -> dict[str, Any]:
+    """Every metadata value of a sample, by engine name (see coco_seg.metadata)."""
+    return CACHE.get(split, sample_id).metadata

@@ -1,0 +1,89 @@
+"""Per-sample metadata, derived from the already decoded image, the semantic mask and the image's annotations.
+
+Names are exactly what the Tensorleap engine shows. Percentages are shares of mask pixels at the original
+resolution (so they agree with pycocotools masks); counts are non-crowd COCO instances (crowd regions are counted
+separately in ``crowd_count``); ``small_object_count`` uses COCO's definition (annotation area < 32² original
+pixels, non-crowd); ``<class>_avg_size`` is the mean instance area as a percent of the image area (0 when none).
+On unlabeled samples every label-derived value is NaN — unknown, not zero — and the engine shows it as missing.
+"""
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from coco_seg.categories import VEHICLE_TYPES
+from coco_seg.config import Config, TargetClass
+from coco_seg.masks import class_percentages
+
+SMALL_OBJECT_AREA = 32 * 32  # COCO "small": area < 32² pixels
+COUNTED_CATEGORIES = ("person",) + VEHICLE_TYPES  # each gets its own <name>_count
+# A pixel counts as coloured when its channels differ by more than this (0-255), which JPEG chroma noise on a
+# gray photo does not reach; an image is coloured when more than COLORED_PIXEL_SHARE of its pixels are.
+COLOR_SPREAD_THRESHOLD = 12
+COLORED_PIXEL_SHARE = 0.01
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, RGB order
+
+
+def metadata_names(config: Config) -> dict[str, type]:
+    """Every metadata name this config produces, with its Python type (float or bool), in display order."""
+    names: dict[str, type] = {"background_percent": float}
+    names |= {f"{target.name}_percent": float for target in config.target_classes}
+    count_names = list(COUNTED_CATEGORIES) + ["vehicle"]
+    count_names += [t.name for t in config.target_classes if t.name not in count_names]
+    names |= {f"{name}_count": float for name in count_names}
+    names |= {"total_count": float, "crowd_count": float, "small_object_count": float}
+    names |= {f"{target.name}_avg_size": float for target in config.target_classes}
+    names |= {"is_colored": bool, "brightness": float, "image_width": float, "image_height": float}
+    return names
+
+
+def image_metadata(image: np.ndarray, *, width: int, height: int) -> dict[str, Any]:
+    """``is_colored``, ``brightness`` (mean luma, 0–1) of an (H, W, 3) uint8 RGB image; original width/height."""
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    is_colored = float(np.mean(spread > COLOR_SPREAD_THRESHOLD)) > COLORED_PIXEL_SHARE
+    brightness = float(image.reshape(-1, 3).astype(np.float32).mean(axis=0) @ LUMA_WEIGHTS) / 255.0
+    return {"is_colored": is_colored, "brightness": brightness, "image_width": float(width),
+            "image_height": float(height)}
+
+
+def mask_metadata(mask: Optional[np.ndarray], *, class_names: Sequence[str]) -> dict[str, float]:
+    """``<class>_percent`` for background and each class; NaN for an unlabeled sample (``mask`` None)."""
+    if mask is None:
+        return {f"{name}_percent": float("nan") for name in class_names}
+    percentages = class_percentages(mask, num_classes=len(class_names))
+    return {f"{name}_percent": float(value) for name, value in zip(class_names, percentages)}
+
+
+def annotation_metadata(annotations: Optional[Iterable[Mapping[str, Any]]], *, category_names: Mapping[int, str],
+                        target_classes: Sequence[TargetClass], image_area: int) -> dict[str, float]:
+    """Instance counts and average sizes from an image's COCO annotations; NaN when ``annotations`` is None."""
+    count_names = list(COUNTED_CATEGORIES) + ["vehicle"] + [t.name for t in target_classes]
+    keys = [f"{n}_count" for n in count_names] + ["total_count", "crowd_count", "small_object_count"]
+    keys += [f"{t.name}_avg_size" for t in target_classes]
+    if annotations is None:
+        return {key: float("nan") for key in keys}
+
+    instances = Counter()  # non-crowd instances per category name
+    areas: dict[str, list[float]] = {}
+    crowd = small = 0
+    for annotation in annotations:
+        name = category_names[annotation["category_id"]]
+        if annotation.get("iscrowd", 0):
+            crowd += 1
+            continue
+        instances[name] += 1
+        area = float(annotation.get("area", 0.0))
+        areas.setdefault(name, []).append(area)
+        small += area < SMALL_OBJECT_AREA
+
+    result = {f"{name}_count": float(instances[name]) for name in COUNTED_CATEGORIES}
+    result["vehicle_count"] = float(sum(instances[name] for name in VEHICLE_TYPES))
+    for target in target_classes:
+        target_areas = [a for name in target.coco_names for a in areas.get(name, ())]
+        result[f"{target.name}_count"] = float(len(target_areas))
+        result[f"{target.name}_avg_size"] = 100.0 * float(np.mean(target_areas)) / image_area if target_areas else 0.0
+    result |= {"total_count": float(sum(instances.values())), "crowd_count": float(crowd),
+               "small_object_count": float(small)}
+    return {key: result[key] for key in keys}
