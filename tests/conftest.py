@@ -45,8 +45,8 @@ def generated_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", params=["generated", pytest.param("real", marks=requires_real_sample)])
-def dataset(request: pytest.FixtureRequest, generated_root: Path) -> dict[str, Any]:
+def dataset(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Both datasets as config trees: the generated sample and the real COCO 2017 sample."""
     if request.param == "generated":
-        return data_tree(generated_root)
+        return data_tree(request.getfixturevalue("generated_root"))
     return data_tree(REAL_SAMPLE, splits=REAL_SPLITS)

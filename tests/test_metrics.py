@@ -1,0 +1,310 @@
+"""coco_seg.metrics on hand-made masks whose values are worked out by hand in the comments."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from coco_seg import metrics
+
+K = 3  # background, class 1, class 2
+PENALTY = -math.log(1e-7)
+
+
+def one_hot(labels, k=K) -> np.ndarray:
+    """(N, S, S) or (S, S) int labels → one-hot float32 with a batch axis; -1 gives an all-zero (ignored) pixel."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    out = np.zeros(labels.shape + (k,), dtype=np.float32)
+    for c in range(k):
+        out[..., c] = labels == c
+    return out
+
+
+def logits_for(labels, k=K, high=5.0, low=-5.0) -> np.ndarray:
+    """Logits predicting ``labels`` (argmax), with a float16-exact margin."""
+    return np.where(one_hot(labels, k) > 0, np.float32(high), np.float32(low)).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# Hand-made 4x4 case.
+#   ground truth            prediction
+#   0 0 1 1                 0 0 1 1
+#   0 0 1 1                 0 1 1 1
+#   0 0 0 0                 0 0 1 0
+#   2 2 0 0                 2 0 0 0
+GT = np.array([[0, 0, 1, 1],
+               [0, 0, 1, 1],
+               [0, 0, 0, 0],
+               [2, 2, 0, 0]])
+PRED = np.array([[0, 0, 1, 1],
+                 [0, 1, 1, 1],
+                 [0, 0, 1, 0],
+                 [2, 0, 0, 0]])
+# class 0: GT-0 pixels: (0,0),(0,1),(1,0),(1,1),(2,0),(2,1),(2,2),(2,3),(3,2),(3,3) = 10
+#          predicted 0 among them: all but (1,1),(2,2) → TP0 = 8, FN0 = 2
+#          predicted 0 where GT ≠ 0: (3,1) → FP0 = 1            IoU0 = 8 / (8+1+2) = 8/11
+# class 1: GT-1 = 4 px, all predicted 1 → TP1 = 4, FN1 = 0; predicted 1 elsewhere: (1,1),(2,2) → FP1 = 2
+#                                                              IoU1 = 4 / (4+2+0) = 2/3
+# class 2: GT-2 = (3,0),(3,1); predicted 2: (3,0) → TP2 = 1, FN2 = 1, FP2 = 0
+#                                                              IoU2 = 1 / 2
+# dice: 2TP/(2TP+FP+FN): class 0 16/19, class 1 8/10, class 2 2/3
+# accuracy: 13 correct of 16
+TP, FP, FN = [8, 4, 1], [1, 2, 0], [2, 0, 1]
+IOU = [8 / 11, 2 / 3, 1 / 2]
+DICE = [16 / 19, 8 / 10, 2 / 3]
+
+
+def test_confusion_counts_hand_case():
+    tp, fp, fn = metrics.confusion_counts(one_hot(GT), logits_for(PRED))
+    assert tp.dtype == fp.dtype == fn.dtype == np.int64
+    assert tp.shape == (1, K)
+    np.testing.assert_array_equal(tp[0], TP)
+    np.testing.assert_array_equal(fp[0], FP)
+    np.testing.assert_array_equal(fn[0], FN)
+
+
+def test_iou_dice_accuracy_hand_case():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    iou = metrics.iou_per_class(gt, pred)
+    assert iou.dtype == np.float32 and iou.shape == (1, K)
+    np.testing.assert_allclose(iou[0], IOU, rtol=1e-6)
+    np.testing.assert_allclose(metrics.mean_iou(gt, pred), [np.mean(IOU)], rtol=1e-6)
+    np.testing.assert_allclose(metrics.dice_per_class(gt, pred)[0], DICE, rtol=1e-6)
+    np.testing.assert_allclose(metrics.mean_dice(gt, pred), [np.mean(DICE)], rtol=1e-6)
+    accuracy = metrics.pixel_accuracy(gt, pred)
+    assert accuracy.dtype == np.float32 and accuracy.shape == (1,)
+    np.testing.assert_allclose(accuracy, [13 / 16], rtol=1e-6)
+
+
+def test_batch_samples_are_independent():
+    gt = np.concatenate([one_hot(GT), one_hot(GT)])
+    pred = np.concatenate([logits_for(PRED), logits_for(GT)])
+    np.testing.assert_allclose(metrics.mean_iou(gt, pred), [np.mean(IOU), 1.0], rtol=1e-6)
+    np.testing.assert_allclose(metrics.pixel_accuracy(gt, pred), [13 / 16, 1.0], rtol=1e-6)
+
+
+def test_perfect_prediction():
+    gt = one_hot(GT)
+    for pred in (logits_for(GT), gt.copy()):  # logits and one-hot probabilities
+        np.testing.assert_array_equal(metrics.iou_per_class(gt, pred), [[1, 1, 1]])
+        np.testing.assert_array_equal(metrics.mean_iou(gt, pred), [1])
+        np.testing.assert_array_equal(metrics.mean_dice(gt, pred), [1])
+        np.testing.assert_array_equal(metrics.pixel_accuracy(gt, pred), [1])
+
+
+def test_absent_class_is_nan_and_skipped_by_the_means():
+    # 4 classes; class 3 appears in neither ground truth nor prediction.
+    gt, pred = one_hot(GT, k=4), logits_for(PRED, k=4)
+    iou = metrics.iou_per_class(gt, pred)[0]
+    np.testing.assert_allclose(iou[:3], IOU, rtol=1e-6)
+    assert np.isnan(iou[3])
+    mean = metrics.mean_iou(gt, pred)[0]
+    assert mean == pytest.approx(np.mean(IOU), rel=1e-6)  # mean over the 3 defined classes
+    assert mean != pytest.approx(np.sum(IOU) / 4)          # not dragged down by a 0
+    assert mean != pytest.approx((np.sum(IOU) + 1) / 4)    # not raised by a 1
+    dice = metrics.dice_per_class(gt, pred)[0]
+    assert np.isnan(dice[3])
+    assert metrics.mean_dice(gt, pred)[0] == pytest.approx(np.mean(DICE), rel=1e-6)
+
+
+def test_class_only_in_prediction_or_only_in_gt_has_iou_zero():
+    gt = one_hot(np.zeros((4, 4), int))
+    pred_labels = np.zeros((4, 4), int)
+    pred_labels[0, 0] = 2  # class 2 predicted, never in GT: FP only → IoU 0 (defined); class 1 absent → NaN
+    iou = metrics.iou_per_class(gt, logits_for(pred_labels))[0]
+    assert iou[0] == pytest.approx(15 / 16)
+    assert np.isnan(iou[1])
+    assert iou[2] == 0
+    assert metrics.mean_iou(gt, logits_for(pred_labels))[0] == pytest.approx((15 / 16 + 0) / 2)
+
+
+def test_logits_and_equivalent_probabilities_agree():
+    rng = np.random.default_rng(0)
+    gt = one_hot(rng.integers(0, K, size=(3, 8, 8)))
+    logits = rng.normal(0, 3, size=gt.shape).astype(np.float32)
+    probabilities = softmax(logits)
+    for fn in (metrics.iou_per_class, metrics.dice_per_class):
+        np.testing.assert_array_equal(fn(gt, logits), fn(gt, probabilities))
+    for fn in (metrics.mean_iou, metrics.mean_dice, metrics.pixel_accuracy):
+        np.testing.assert_array_equal(fn(gt, logits), fn(gt, probabilities))
+    np.testing.assert_allclose(metrics.to_probabilities(logits), probabilities, atol=1e-6)
+    np.testing.assert_allclose(metrics.to_probabilities(probabilities), probabilities, atol=1e-6)
+    np.testing.assert_allclose(metrics.pixel_cross_entropy(gt, logits),
+                               metrics.pixel_cross_entropy(gt, probabilities), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics.cross_entropy_loss(gt, logits),
+                               metrics.cross_entropy_loss(gt, probabilities), rtol=1e-4)
+
+
+def test_cross_entropy_values():
+    # one pixel, logits [0, 0, 0] → p = 1/3 for every class → CE = log 3, whatever the GT class
+    gt = one_hot(np.array([[1]]))
+    assert metrics.cross_entropy_loss(gt, np.zeros((1, 1, 1, K), np.float32))[0] == pytest.approx(math.log(3))
+    # probabilities [0.5, 0.25, 0.25], GT class 1 → CE = log 4
+    p = np.array([[[[0.5, 0.25, 0.25]]]], np.float32)
+    assert metrics.cross_entropy_loss(gt, p)[0] == pytest.approx(math.log(4))
+    # probability 0 for the GT class is clipped at 1e-7 → CE = -log(1e-7)
+    p0 = np.array([[[[1.0, 0.0, 0.0]]]], np.float32)
+    assert metrics.cross_entropy_loss(gt, p0)[0] == pytest.approx(PENALTY, rel=1e-5)
+    # loss is the mean over pixels of the per-pixel CE
+    gt2 = one_hot(GT)
+    logits = logits_for(PRED)
+    per_pixel = metrics.pixel_cross_entropy(gt2, logits)
+    assert per_pixel.shape == (1, 4, 4) and per_pixel.dtype == np.float32
+    assert np.all(per_pixel >= 0)
+    np.testing.assert_allclose(metrics.cross_entropy_loss(gt2, logits), per_pixel.mean(axis=(1, 2)), rtol=1e-6)
+    # correct pixel: -log(e^5 / (e^5 + 2 e^-5)); wrong pixel: -log(e^-5 / (e^5 + 2 e^-5))
+    z = math.exp(5) + 2 * math.exp(-5)
+    assert per_pixel[0, 0, 0] == pytest.approx(-math.log(math.exp(5) / z), rel=1e-4)
+    assert per_pixel[0, 1, 1] == pytest.approx(-math.log(math.exp(-5) / z), rel=1e-5)
+
+
+def test_float16_matches_float32_and_handles_huge_logits():
+    rng = np.random.default_rng(1)
+    gt = one_hot(rng.integers(0, K, size=(4, 8, 8)))
+    logits16 = (rng.normal(0, 4, size=gt.shape)).astype(np.float16)
+    logits16[0] = np.where(gt[0] > 0, 60000, -60000).astype(np.float16)   # huge, correct
+    logits16[1] = np.where(gt[1] > 0, -60000, 60000).astype(np.float16)   # huge, wrong (ties between 2 classes)
+    logits16[2, :4] = np.float16(65504)                                     # huge ties
+    logits32 = logits16.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow / invalid-value RuntimeWarning
+        for fn in (metrics.iou_per_class, metrics.dice_per_class, metrics.mean_iou, metrics.mean_dice,
+                   metrics.pixel_accuracy, metrics.pixel_cross_entropy, metrics.cross_entropy_loss):
+            r16, r32 = fn(gt.astype(np.float16), logits16), fn(gt, logits32)
+            assert r16.dtype == np.float32
+            np.testing.assert_allclose(r16, r32, rtol=1e-3, atol=1e-3, err_msg=fn.__name__)
+        p16 = metrics.to_probabilities(logits16)
+    assert p16.dtype == np.float32 and np.all(np.isfinite(p16))
+    np.testing.assert_allclose(p16, metrics.to_probabilities(logits32), atol=1e-3)
+    np.testing.assert_allclose(p16.sum(axis=-1), 1, atol=1e-5)
+    assert not np.isnan(metrics.mean_iou(gt, logits16)).any()
+    ce = metrics.pixel_cross_entropy(gt, logits16)
+    assert np.all(np.isfinite(ce))
+    np.testing.assert_allclose(ce[0], 0, atol=1e-6)          # confident and right
+    assert np.all(ce[1] >= 120000 - 1)                       # confident and wrong: 60000 - (-60000)
+
+
+def test_float16_probabilities_detected():
+    rng = np.random.default_rng(2)
+    gt = one_hot(rng.integers(0, K, size=(2, 8, 8)))
+    probabilities = softmax(rng.normal(0, 2, size=gt.shape).astype(np.float32))
+    p16 = probabilities.astype(np.float16)  # channel sums now off by up to ~1e-3
+    np.testing.assert_allclose(metrics.to_probabilities(p16), probabilities, atol=2e-3)
+    np.testing.assert_allclose(metrics.cross_entropy_loss(gt, p16), metrics.cross_entropy_loss(gt, probabilities),
+                               rtol=1e-3)
+
+
+def test_values_in_unit_range_not_summing_to_one_are_logits():
+    x = np.full((1, 2, 2, K), 0.5, np.float32)  # in [0, 1] but sums to 1.5 → logits → uniform softmax
+    np.testing.assert_allclose(metrics.to_probabilities(x), 1 / K, atol=1e-6)
+
+
+def test_non_finite_predictions():
+    gt = one_hot(GT)
+    pred = logits_for(GT)  # perfect ...
+    pred[0, 0, 2, 0] = np.nan          # ... except a GT-1 pixel with NaN
+    pred[0, 3, 0, 2] = np.inf          # ... a GT-2 pixel with +Inf
+    pred[0, 2, 0, :] = -np.inf         # ... a GT-0 pixel with all -Inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tp, fp, fn = metrics.confusion_counts(gt, pred)
+        # invalid pixels: a false negative of their GT class, nobody's false positive
+        np.testing.assert_array_equal(tp[0], [9, 3, 1])
+        np.testing.assert_array_equal(fp[0], [0, 0, 0])
+        np.testing.assert_array_equal(fn[0], [1, 1, 1])
+        np.testing.assert_allclose(metrics.iou_per_class(gt, pred)[0], [9 / 10, 3 / 4, 1 / 2], rtol=1e-6)
+        np.testing.assert_allclose(metrics.pixel_accuracy(gt, pred), [13 / 16], rtol=1e-6)
+        per_pixel = metrics.pixel_cross_entropy(gt, pred)
+        loss = metrics.cross_entropy_loss(gt, pred)
+        probabilities = metrics.to_probabilities(pred)
+    assert np.all(np.isfinite(per_pixel)) and np.all(np.isfinite(loss))
+    for y, x in [(0, 2), (3, 0), (2, 0)]:
+        assert per_pixel[0, y, x] == pytest.approx(PENALTY, rel=1e-5)
+    assert loss[0] > 3 * PENALTY / 16
+    np.testing.assert_array_equal(probabilities[0, 0, 2], 0)
+    assert np.all(np.isfinite(probabilities))
+    # an all-NaN prediction: every pixel wrong, loss = penalty, metrics finite
+    nan_pred = np.full_like(pred, np.nan)
+    np.testing.assert_array_equal(metrics.pixel_accuracy(gt, nan_pred), [0])
+    np.testing.assert_array_equal(metrics.mean_iou(gt, nan_pred), [0])
+    np.testing.assert_allclose(metrics.cross_entropy_loss(gt, nan_pred), [PENALTY], rtol=1e-5)
+
+
+def test_nan_in_probability_sample_keeps_probability_detection():
+    gt = one_hot(GT)
+    p = one_hot(GT).copy()
+    p[0, 0, 0] = np.nan
+    ce = metrics.pixel_cross_entropy(gt, p)
+    assert ce[0, 0, 0] == pytest.approx(PENALTY, rel=1e-5)
+    np.testing.assert_allclose(np.delete(ce.ravel(), 0), 0, atol=1e-6)
+
+
+def test_ignored_pixels():
+    labels = GT.copy()
+    labels[0, :] = -1            # first row: all-zero ground truth → ignored
+    gt = one_hot(labels)
+    pred = logits_for(PRED)
+    pred[0, 0, :] = np.nan       # whatever is predicted there does not matter
+    tp, fp, fn = metrics.confusion_counts(gt, pred)
+    # row 0 held 2 correct class-0 and 2 correct class-1 pixels
+    np.testing.assert_array_equal(tp[0], [6, 2, 1])
+    np.testing.assert_array_equal(fp[0], FP)
+    np.testing.assert_array_equal(fn[0], FN)
+    np.testing.assert_allclose(metrics.pixel_accuracy(gt, pred), [9 / 12], rtol=1e-6)
+    per_pixel = metrics.pixel_cross_entropy(gt, pred)
+    np.testing.assert_array_equal(per_pixel[0, 0], 0)
+    np.testing.assert_allclose(metrics.cross_entropy_loss(gt, pred), [per_pixel.sum() / 12], rtol=1e-6)
+    # a fully ignored sample (engine padding): metrics undefined (NaN), loss 0
+    empty = np.zeros_like(gt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(metrics.mean_iou(empty, pred)).all()
+        assert np.isnan(metrics.pixel_accuracy(empty, pred)).all()
+        np.testing.assert_array_equal(metrics.cross_entropy_loss(empty, pred), [0])
+
+
+def test_validation_errors():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    with pytest.raises(ValueError, match=r"ground_truth.*\(4, 4, 3\)"):
+        metrics.mean_iou(gt[0], pred)
+    with pytest.raises(ValueError, match=r"prediction.*\(4, 4, 3\)"):
+        metrics.mean_iou(gt, pred[0])
+    with pytest.raises(ValueError, match=r"same shape.*\(1, 4, 4, 3\).*\(1, 4, 4, 4\)"):
+        metrics.mean_iou(gt, logits_for(PRED, k=4))
+    with pytest.raises(ValueError, match="K >= 2"):
+        metrics.pixel_accuracy(gt[..., :1], pred[..., :1])
+    with pytest.raises(ValueError, match="K >= 2"):
+        metrics.to_probabilities(pred[..., :1])
+    with pytest.raises(ValueError, match="prediction"):
+        metrics.to_probabilities(pred[0])
+    bad = gt.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="ground_truth.*NaN"):
+        metrics.iou_per_class(bad, pred)
+    bad = gt.copy()
+    bad[0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="ground_truth.*one-hot"):
+        metrics.cross_entropy_loss(bad, pred)
+    bad = gt.copy()
+    bad[0, 0, 0, :] = 1
+    with pytest.raises(ValueError, match="ground_truth.*more than one class"):
+        metrics.dice_per_class(bad, pred)
+    with pytest.raises(ValueError, match="eps"):
+        metrics.pixel_cross_entropy(gt, pred, eps=0)
+
+
+def test_by_class_name():
+    values = np.array([[0.5, np.nan, 1.0]], np.float32)
+    result = metrics.by_class_name(values, ["background", "person", "car"])
+    assert list(result) == ["background", "person", "car"]
+    assert result["background"].shape == (1,) and result["background"].dtype == np.float32
+    assert np.isnan(result["person"][0]) and result["car"][0] == 1.0
+    with pytest.raises(ValueError, match="len"):
+        metrics.by_class_name(values, ["background", "person"])

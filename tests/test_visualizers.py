@@ -1,0 +1,133 @@
+"""coco_seg.visualizers on hand-made single samples."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from coco_seg import visualizers
+
+NAMES = ["background", "person", "car"]
+K = len(NAMES)
+
+
+def one_hot(labels, k=K) -> np.ndarray:
+    """(S, S) int labels → (S, S, k) float32 one-hot; -1 gives an all-zero (ignored) pixel."""
+    labels = np.asarray(labels)
+    return np.stack([labels == c for c in range(k)], axis=-1).astype(np.float32)
+
+
+def logits_for(labels, k=K) -> np.ndarray:
+    return np.where(one_hot(labels, k) > 0, np.float32(5), np.float32(-5))
+
+
+GT = np.array([[0, 0, 1, 1],
+               [0, 0, 1, 1],
+               [0, 0, 0, 0],
+               [2, 2, 0, 0]])
+
+
+def test_drop_batch_axis():
+    x = np.zeros((4, 4, 3))
+    assert visualizers.drop_batch_axis(x).shape == (4, 4, 3)
+    assert visualizers.drop_batch_axis(x[None]).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 3\)"):
+        visualizers.drop_batch_axis(np.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"\(4, 4\)"):
+        visualizers.drop_batch_axis(np.zeros((4, 4)))
+
+
+def test_denormalize_round_trip():
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=-1)
+    normalized = pixels.astype(np.float32) / 127.5 - 1
+    for image in (normalized, normalized[None], normalized.astype(np.float16)):
+        restored = visualizers.denormalize_image(image)
+        assert restored.dtype == np.uint8 and restored.shape == (16, 16, 3)
+        np.testing.assert_array_equal(restored, pixels)
+
+
+def test_denormalize_clips():
+    image = np.array([[[-2.0, 0.0, 2.0]]], np.float32)
+    np.testing.assert_array_equal(visualizers.denormalize_image(image), [[[0, 128, 255]]])  # 127.5 rounds to even
+
+
+def test_label_map():
+    labels = visualizers.label_map(one_hot(GT))
+    assert labels.dtype == np.uint8 and labels.shape == (4, 4)
+    np.testing.assert_array_equal(labels, GT)
+    np.testing.assert_array_equal(visualizers.label_map(logits_for(GT)[None]), GT)
+    scores = logits_for(GT)
+    scores[0, 2] = np.nan
+    expected = GT.copy()
+    expected[0, 2] = 0
+    np.testing.assert_array_equal(visualizers.label_map(scores), expected)
+
+
+def test_error_map_codes():
+    # Codes: 0 correct, 1 FP person, 2 FN person, 3 FP car, 4 FN car.
+    #   ground truth      prediction        codes
+    #   0 0 1 1           0 0 2 1           0 0 3 0     (0,2): person predicted as car → FP car
+    #   0 0 1 1           0 1 ? 1           0 1 2 0     (1,1): FP person; (1,2): NaN prediction → FN person
+    #   0 0 0 0           0 0 1 0           0 0 1 0     (2,2): FP person
+    #   2 2 0 -           2 0 0 2           0 4 0 0     (3,1): car predicted as background → FN car;
+    #                                                   (3,3): ignored GT pixel → 0 whatever is predicted
+    gt_labels = GT.copy()
+    gt_labels[3, 3] = -1
+    pred_labels = np.array([[0, 0, 2, 1],
+                            [0, 1, 1, 1],
+                            [0, 0, 1, 0],
+                            [2, 0, 0, 2]])
+    prediction = logits_for(pred_labels)
+    prediction[1, 2, 1] = np.nan
+    codes, labels = visualizers.error_map(one_hot(gt_labels), prediction, class_names=NAMES)
+    assert labels == ["correct", "false positive person", "false negative person",
+                      "false positive car", "false negative car"]
+    assert codes.dtype == np.uint8 and codes.shape == (4, 4)
+    np.testing.assert_array_equal(codes, [[0, 0, 3, 0],
+                                          [0, 1, 2, 0],
+                                          [0, 0, 1, 0],
+                                          [0, 4, 0, 0]])
+    # perfect prediction (batch axis of 1 accepted): all correct
+    codes, _ = visualizers.error_map(one_hot(GT)[None], logits_for(GT)[None], class_names=NAMES)
+    np.testing.assert_array_equal(codes, 0)
+
+
+def test_error_map_validation():
+    with pytest.raises(ValueError, match="class_names"):
+        visualizers.error_map(one_hot(GT), logits_for(GT), class_names=NAMES[:2])
+    with pytest.raises(ValueError, match="same shape"):
+        visualizers.error_map(one_hot(GT), logits_for(GT)[:2], class_names=NAMES)
+
+
+def test_loss_heatmap():
+    heatmap = visualizers.loss_heatmap(one_hot(GT), logits_for(GT))
+    assert heatmap.shape == (1, 4, 4) and heatmap.dtype == np.float32
+    assert np.all(heatmap >= 0)
+    np.testing.assert_allclose(heatmap, 0, atol=1e-3)  # confident and correct: -log(e^5/(e^5+2e^-5)) ≈ 9e-5
+    confident = np.where(one_hot(GT) > 0, np.float16(60000), np.float16(-60000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(visualizers.loss_heatmap(one_hot(GT)[None], confident[None]), 0, atol=1e-6)
+    wrong = logits_for(np.zeros_like(GT))
+    wrong[0, 0] = np.inf
+    heatmap = visualizers.loss_heatmap(one_hot(GT), wrong)
+    assert np.all(np.isfinite(heatmap)) and np.all(heatmap >= 0)
+    assert heatmap[0, 0, 0] == pytest.approx(-math.log(1e-7), rel=1e-5)   # non-finite prediction: penalty
+    assert heatmap[0, 0, 2] == pytest.approx(10, abs=1e-3)                 # wrong: ≈ 5 - (-5)
+
+
+def test_confidence_heatmaps():
+    logits = np.array([[[0.0, math.log(2), math.log(5)]]], np.float32)  # softmax → 1/8, 2/8, 5/8
+    heatmaps = visualizers.confidence_heatmaps(logits)
+    assert heatmaps.shape == (K, 1, 1) and heatmaps.dtype == np.float32
+    np.testing.assert_allclose(heatmaps[:, 0, 0], [1 / 8, 2 / 8, 5 / 8], rtol=1e-6)
+    probabilities = np.array([[[0.125, 0.25, 0.625]]], np.float32)
+    np.testing.assert_allclose(visualizers.confidence_heatmaps(probabilities[None]), heatmaps, rtol=1e-6)
+    scores = logits_for(GT).astype(np.float16)
+    scores[0, 0] = np.nan
+    heatmaps = visualizers.confidence_heatmaps(scores)
+    assert heatmaps.shape == (K, 4, 4) and np.all(np.isfinite(heatmaps))
+    np.testing.assert_array_equal(heatmaps[:, 0, 0], 0)
+    np.testing.assert_allclose(heatmaps.sum(axis=0).ravel()[1:], 1, atol=1e-5)
+    np.testing.assert_array_equal(heatmaps.argmax(axis=0).ravel()[1:], GT.ravel()[1:])
