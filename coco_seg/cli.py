@@ -45,11 +45,45 @@ def cmd_export(args: argparse.Namespace) -> int:
                            encoder_weights=args.encoder_weights, alpha=args.alpha)
         extra = {"trained": False, "encoder_weights": args.encoder_weights}
     else:
+        from coco_seg.training import training_card_fields
+
         model = load_keras_checkpoint(Path(args.checkpoint))
-        extra = {"trained": True, "checkpoint": str(Path(args.checkpoint).resolve())}
+        extra = {"trained": True, **training_card_fields(Path(args.checkpoint))}
     paths = export_model(model, Path(args.out), card=model_card_for(config, **extra))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from coco_seg.training import TrainOptions, train
+
+    config = load_config()
+    weights = None if args.class_weights is None else tuple(float(w) for w in args.class_weights.split(","))
+    options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                           encoder_weights=args.encoder_weights, alpha=args.alpha, fine_tune=args.fine_tune,
+                           augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
+                           seed=args.seed)
+    state = train(config, Path(args.out), options, resume=args.resume)
+    if state.best_epoch is not None:
+        print(f"best epoch {state.best_epoch}: validation mean IoU {state.best_validation['mean_iou']:.3f}; "
+              f"export it with: coco-seg export --checkpoint {Path(args.out) / 'checkpoints' / 'best.keras'} "
+              f"--out DIR")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from coco_seg.evaluate import evaluate_model
+    from coco_seg.export import check_model_matches_config, load_model
+
+    config = load_config()
+    model = load_model(Path(args.model))
+    check_model_matches_config(model, config, model_path=Path(args.model))
+    evaluation = evaluate_model(model, config, split_name=args.split)
+    print(evaluation.table())
+    if args.json:
+        evaluation.write_json(Path(args.json))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -116,6 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="encoder weights for --untrained (default imagenet, needs a download)")
     export.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier for --untrained")
     export.set_defaults(run=cmd_export)
+
+    train = commands.add_parser("train", help="train the U-Net on the configured splits")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, train_state.json")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--encoder-weights", default="imagenet", metavar="imagenet|none|PATH")
+    train.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    train.add_argument("--fine-tune", action="store_true", help="train the encoder too (frozen by default)")
+    train.add_argument("--no-augment", action="store_true", help="no flip / scale-crop augmentation")
+    train.add_argument("--class-weights", metavar="W0,W1,...", help="cross-entropy weight per class, background first")
+    train.add_argument("--dice-weight", type=float, default=0.0, help="add this × (1 - soft dice) to the loss")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="dataset-level IoU per class (confusion matrix over the split)")
+    evaluate.add_argument("--model", required=True, help=".onnx, .h5 or .keras")
+    evaluate.add_argument("--split", default="validation", choices=["training", "validation"])
+    evaluate.add_argument("--json", help="also write the figures to this JSON file")
+    evaluate.set_defaults(run=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded generated dataset")
     demo.add_argument("--out", default="coco-seg-demo")

@@ -19,12 +19,17 @@ def encode_image(split: SplitData, sample_id: str) -> np.ndarray:
     return normalize_image(CACHE.get(split, sample_id).image)
 
 
-def encode_mask(split: SplitData, sample_id: str) -> np.ndarray:
-    """The ground truth: (S, S, K+1) float32 one-hot, background first."""
+def encode_label_mask(split: SplitData, sample_id: str) -> np.ndarray:
+    """The ground truth as class values: (S, S) uint8, 0 background, 1..K the configured classes."""
     mask = CACHE.get(split, sample_id).mask
     if mask is None:
         raise SampleError(f"sample {sample_id} of split {split.name} is unlabeled: it has no ground truth")
-    return one_hot(mask, num_classes=split.config.num_classes)
+    return mask
+
+
+def encode_mask(split: SplitData, sample_id: str) -> np.ndarray:
+    """The ground truth: (S, S, K+1) float32 one-hot, background first."""
+    return one_hot(encode_label_mask(split, sample_id), num_classes=split.config.num_classes)
 
 
 def sample_metadata(split: SplitData, sample_id: str) -> dict[str, Any]:

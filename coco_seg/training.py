@@ -1,0 +1,238 @@
+"""Train the MobileNetV2 + pix2pix U-Net on the configured COCO splits.
+
+Algorithm: a tf.data pipeline draws sample indices (shuffled with a seed), loads each sample through the binder's
+own encoders (``encode_image`` / ``encode_label_mask`` — same decode, resize, normalisation and mask as the
+engine sees, so the trained model and the binder cannot disagree), optionally augments image and mask together
+(horizontal flip; scale by 1–1.5 then crop back to S×S) with stateless random ops seeded per sample, one-hot
+encodes the mask and batches. The loss is pixel cross-entropy on logits, optionally class-weighted, plus an
+optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. After every epoch the model (with its
+optimizer state) is written to ``checkpoints/last.keras``, the best by validation mean IoU to ``best.keras``, and
+``train_state.json`` records the finished epochs, so ``resume`` continues an interrupted run without losing one.
+"""
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
+from coco_seg.config import Config
+from coco_seg.encoders import encode_image, encode_label_mask
+from coco_seg.evaluate import Evaluation, evaluate_split
+from coco_seg.model import build_unet
+
+STATE_NAME = "train_state.json"
+LAST_NAME = "last.keras"
+BEST_NAME = "best.keras"
+MAX_SCALE = 1.5  # scale-crop augmentation: enlarge by up to 50 %, then crop back to the input size
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    encoder_weights: str = "imagenet"
+    alpha: float = 1.0
+    fine_tune: bool = False
+    augment: bool = True
+    class_weights: Optional[tuple[float, ...]] = None  # one per class, background first
+    dice_weight: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    """What ``train_state.json`` holds: enough to resume and to describe the model in its card."""
+
+    options: dict[str, Any]
+    label_mode: str
+    classes: list[str]
+    image_size: int
+    split_sizes: dict[str, int]
+    epochs_done: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: Optional[int] = None
+    best_validation: Optional[dict[str, Any]] = None
+
+
+def _write_json_atomically(path: Path, payload: Any) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(payload, stream, indent=2)
+    os.replace(temp, path)
+
+
+def read_state(out_dir: Path) -> Optional[TrainState]:
+    path = out_dir / STATE_NAME
+    return TrainState(**json.loads(path.read_text())) if path.is_file() else None
+
+
+@keras.saving.register_keras_serializable(package="coco_seg")
+class SegmentationLoss(keras.losses.Loss):
+    """Mean pixel cross-entropy on logits (optionally class-weighted) + ``dice_weight`` × (1 − soft dice)."""
+
+    def __init__(self, class_weights: Optional[list[float]] = None, dice_weight: float = 0.0,
+                 name: str = "segmentation_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.dice_weight = float(dice_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=y_true, logits=y_pred)  # (B, S, S)
+        if self.class_weights is not None:
+            cross_entropy *= tf.reduce_sum(y_true * tf.constant(self.class_weights, tf.float32), axis=-1)
+        loss = tf.reduce_mean(cross_entropy, axis=[1, 2])
+        if self.dice_weight:
+            probabilities = tf.nn.softmax(y_pred, axis=-1)
+            overlap = tf.reduce_sum(probabilities * y_true, axis=[1, 2])
+            total = tf.reduce_sum(probabilities + y_true, axis=[1, 2])
+            dice = (2.0 * overlap + 1.0) / (total + 1.0)  # +1 smoothing: an absent class scores ~1, not 0/0
+            loss += self.dice_weight * (1.0 - tf.reduce_mean(dice, axis=-1))
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "class_weights": self.class_weights, "dice_weight": self.dice_weight}
+
+
+def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Flip and scale-crop image (S, S, 3) float and mask (S, S) uint8 identically; ``seed`` is a (2,) int64."""
+    flip_seed, scale_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    scaled = tf.cast(tf.round(size * tf.random.stateless_uniform([], scale_seed, 1.0, MAX_SCALE)), tf.int32)
+    image = tf.image.resize(image, [scaled, scaled], method="bilinear")
+    mask = tf.image.resize(mask[..., None], [scaled, scaled], method="nearest")[..., 0]
+    offset = tf.random.stateless_uniform([2], crop_seed, 0, scaled - size + 1, dtype=tf.int32)
+    image = image[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+    mask = mask[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+    return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
+
+
+def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int) -> tf.data.Dataset:
+    """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders."""
+    sample_ids = split.sample_ids
+    size, num_classes = split.config.image_size, split.config.num_classes
+
+    def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        sample_id = sample_ids[int(index)]
+        return encode_image(split, sample_id), encode_label_mask(split, sample_id)
+
+    def load_tensors(index):
+        image, mask = tf.numpy_function(load, [index], [tf.float32, tf.uint8], stateful=False)
+        return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
+
+    indices = tf.data.Dataset.range(len(sample_ids))
+    if shuffle:
+        indices = indices.shuffle(len(sample_ids), seed=seed, reshuffle_each_iteration=True)
+    dataset = indices.map(load_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda pair, sample_seed: _augment(pair[0], pair[1], sample_seed, size),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda image, mask: (image, tf.one_hot(tf.cast(mask, tf.int32), num_classes)))
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    compiled = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    return lambda images: compiled(tf.constant(images)).numpy()
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Validate, checkpoint and report after each epoch."""
+
+    def __init__(self, *, out_dir: Path, state: TrainState, validation: SplitData, log: Callable[[str], None]):
+        super().__init__()
+        self.out_dir, self.state, self.validation, self.log = out_dir, state, validation, log
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        evaluation = evaluate_split(keras_predict(self.model), self.validation)
+        record = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "validation_mean_iou": evaluation.mean_iou,
+                  "validation_iou": evaluation.iou, "seconds": round(time.monotonic() - self.started, 1)}
+        checkpoints = self.out_dir / "checkpoints"
+        self.model.save(checkpoints / LAST_NAME)  # written before the state, so the state never runs ahead
+        if self.state.best_validation is None or evaluation.mean_iou > self.state.best_validation["mean_iou"]:
+            self.model.save(checkpoints / BEST_NAME)
+            self.state.best_epoch, self.state.best_validation = epoch + 1, asdict(evaluation)
+        self.state.epochs_done = epoch + 1
+        self.state.history.append(record)
+        _write_json_atomically(self.out_dir / STATE_NAME, asdict(self.state))
+        per_class = ", ".join(f"{n} {v:.3f}" for n, v in evaluation.iou.items() if v is not None and n != "background")
+        self.log(f"epoch {epoch + 1}/{self.params['epochs']}: train loss {record['train_loss']:.4f}, "
+                 f"validation mean IoU {evaluation.mean_iou:.3f} ({per_class}), {record['seconds']:.0f} s")
+
+
+def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool = False,
+          log: Callable[[str], None] = print) -> TrainState:
+    """Train per ``options``; with ``resume`` continue the run in ``out_dir`` after its last finished epoch."""
+    keras.utils.set_random_seed(options.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkpoints").mkdir(exist_ok=True)
+    data_root = resolve_data_root(config)
+    training = load_labeled_split(config, "training", data_root=data_root)
+    validation = load_labeled_split(config, "validation", data_root=data_root)
+    if options.class_weights is not None and len(options.class_weights) != config.num_classes:
+        raise ValueError(f"class_weights needs {config.num_classes} values ({', '.join(config.class_names)}), "
+                         f"got {len(options.class_weights)}")
+
+    state = read_state(out_dir) if resume else None
+    if resume and state is None:
+        raise FileNotFoundError(f"nothing to resume in {out_dir}: no {STATE_NAME}")
+    if state is not None:
+        if (state.label_mode, state.classes, state.image_size) != (config.label_mode, list(config.class_names),
+                                                                   config.image_size):
+            raise ValueError(f"{out_dir} was trained for {state.label_mode} {state.classes} at {state.image_size} px;"
+                             f" the config asks for {config.label_mode} {list(config.class_names)} at "
+                             f"{config.image_size} px")
+        model = keras.models.load_model(out_dir / "checkpoints" / LAST_NAME)
+        log(f"resuming after epoch {state.epochs_done} of {options.epochs}")
+    else:
+        state = TrainState(options=asdict(options), label_mode=config.label_mode, classes=list(config.class_names),
+                           image_size=config.image_size,
+                           split_sizes={"training": len(training.sample_ids), "validation": len(validation.sample_ids)})
+        model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
+                           encoder_weights=options.encoder_weights, alpha=options.alpha,
+                           trainable_encoder=options.fine_tune)
+        model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                      loss=SegmentationLoss(options.class_weights and list(options.class_weights),
+                                            options.dice_weight))
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
+    log(f"training on {', '.join(devices)}: {state.split_sizes['training']} training / "
+        f"{state.split_sizes['validation']} validation samples, {config.label_mode} {list(config.class_names)}, "
+        f"{config.image_size} px, encoder {'fine-tuned' if options.fine_tune else 'frozen'}")
+    if state.epochs_done >= options.epochs:
+        log(f"already trained for {state.epochs_done} epochs")
+        return state
+    dataset = make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
+                           seed=options.seed)
+    model.fit(dataset, epochs=options.epochs, initial_epoch=state.epochs_done, verbose=0, shuffle=False,
+              callbacks=[_EpochEnd(out_dir=out_dir, state=state, validation=validation, log=log)])
+    return state
+
+
+def training_card_fields(checkpoint: Path) -> dict[str, Any]:
+    """Model-card fields for a checkpoint of a run folder: training data, epochs and validation figures."""
+    state = read_state(checkpoint.resolve().parent.parent)
+    fields: dict[str, Any] = {"checkpoint": checkpoint.name}
+    if state is not None:
+        epoch = state.best_epoch if checkpoint.name == BEST_NAME else state.epochs_done
+        fields |= {"training_data": state.split_sizes, "epochs": epoch, "train_options": state.options,
+                   "evaluation": state.best_validation if checkpoint.name == BEST_NAME else None}
+    return fields
