@@ -32,7 +32,11 @@ from coco_seg.model import build_unet
 STATE_NAME = "train_state.json"
 LAST_NAME = "last.keras"
 BEST_NAME = "best.keras"
-MAX_SCALE = 1.5  # scale-crop augmentation: enlarge by up to 50 %, then crop back to the input size
+MAX_SCALE = 1.5
+# Keras' MobileNetV2 keeps BatchNorm moving averages with momentum 0.999: after a few hundred steps they still
+# reflect their initial values, so a model trained from scratch (or fine-tuned briefly) predicts garbage in
+# inference mode. 0.9 lets the statistics follow the data within tens of steps.
+BATCHNORM_MOMENTUM = 0.9  # scale-crop augmentation: enlarge by up to 50 %, then crop back to the input size
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,15 @@ def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: b
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers += _all_layers(layer)
+    return layers
+
+
 def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     compiled = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     return lambda images: compiled(tf.constant(images)).numpy()
@@ -210,6 +223,9 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
                            encoder_weights=options.encoder_weights, alpha=options.alpha,
                            trainable_encoder=options.fine_tune)
+        for layer in _all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = BATCHNORM_MOMENTUM
         model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
                       loss=SegmentationLoss(options.class_weights and list(options.class_weights),
                                             options.dice_weight))

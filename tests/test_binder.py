@@ -11,7 +11,7 @@ from coco_seg.check import engine_check, integration_test
 from coco_seg.config import load_config
 from coco_seg.export import export_model, model_card_for
 from coco_seg.model import build_unet
-from tests.conftest import REPO_ROOT, write_config
+from _support import REPO_ROOT, write_config
 
 IMAGE_SIZE = 64  # small model input keeps the engine checks quick; the demo test covers the default 128
 

@@ -1,7 +1,7 @@
 import pytest
 
 from coco_seg.config import CONFIG_ENV_VAR, ConfigError, load_config
-from tests.conftest import write_config
+from _support import write_config
 
 
 def test_defaults_describe_the_generated_sample_in_category_mode():

@@ -15,7 +15,7 @@ from coco_seg.encoders import encode_image, encode_mask
 from coco_seg.images import ImageDecodeError, decode_rgb
 from coco_seg.masks import semantic_mask
 from coco_seg.samples import CACHE, SampleError
-from tests.conftest import data_tree, write_config
+from _support import data_tree, write_config
 
 
 def load(tmp_path: Path, tree: dict, split: str = "training"):

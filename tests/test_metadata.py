@@ -11,7 +11,7 @@ from coco_seg.coco_data import load_labeled_split
 from coco_seg.config import load_config
 from coco_seg.encoders import sample_metadata
 from coco_seg.metadata import annotation_metadata, image_metadata, mask_metadata, metadata_names
-from tests.conftest import write_config
+from _support import write_config
 
 CATEGORY_NAMES = {1: "person", 2: "bicycle", 3: "car", 6: "bus", 18: "dog"}
 

@@ -25,7 +25,7 @@ from coco_seg.export import (
     read_model_card,
 )
 from coco_seg.model import SKIP_LAYER_NAMES, EncoderWeightsError, build_unet, load_keras_checkpoint
-from tests.conftest import write_config
+from _support import write_config
 
 SIZE = 64
 ALPHA = 0.35

@@ -3,7 +3,7 @@
 import re
 import tomllib
 
-from tests.conftest import REPO_ROOT
+from _support import REPO_ROOT
 
 
 def normalise(name: str) -> str:
