@@ -124,30 +124,39 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> t
     return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
 
 
-def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int) -> tf.data.Dataset:
-    """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders."""
+def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
+                 epochs: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders.
+
+    Covers epochs ``epochs[0]`` to ``epochs[1] - 1`` back to back; each epoch's order and augmentation depend only
+    on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    """
     sample_ids = split.sample_ids
+    count = len(sample_ids)
     size, num_classes = split.config.image_size, split.config.num_classes
 
     def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
         sample_id = sample_ids[int(index)]
         return encode_image(split, sample_id), encode_label_mask(split, sample_id)
 
-    def load_tensors(index):
+    def load_sample(epoch, index):
         image, mask = tf.numpy_function(load, [index], [tf.float32, tf.uint8], stateful=False)
-        return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
+        image, mask = tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
+        if augment:
+            image, mask = _augment(image, mask, tf.stack([tf.constant(seed, tf.int64), epoch * count + index]), size)
+        return image, tf.one_hot(tf.cast(mask, tf.int32), num_classes)
 
-    indices = tf.data.Dataset.range(len(sample_ids))
-    if shuffle:
-        indices = indices.shuffle(len(sample_ids), seed=seed, reshuffle_each_iteration=True)
-    dataset = indices.map(load_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda pair, sample_seed: _augment(pair[0], pair[1], sample_seed, size),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.map(lambda image, mask: (image, tf.one_hot(tf.cast(mask, tf.int32), num_classes)))
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def one_epoch(epoch):
+        if shuffle:  # a permutation drawn from (seed, epoch) alone
+            order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
+            indices = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+        else:
+            indices = tf.data.Dataset.range(count)
+        return (indices.map(lambda index: load_sample(epoch, index), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+                .batch(batch_size))
+
+    return tf.data.Dataset.range(*epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -237,8 +246,10 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         log(f"already trained for {state.epochs_done} epochs")
         return state
     dataset = make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
-                           seed=options.seed)
-    model.fit(dataset, epochs=options.epochs, initial_epoch=state.epochs_done, verbose=0, shuffle=False,
+                           seed=options.seed, epochs=(state.epochs_done, options.epochs))
+    steps_per_epoch = -(-len(training.sample_ids) // options.batch_size)
+    model.fit(dataset, epochs=options.epochs, initial_epoch=state.epochs_done, steps_per_epoch=steps_per_epoch,
+              verbose=0, shuffle=False,
               callbacks=[_EpochEnd(out_dir=out_dir, state=state, validation=validation, log=log)])
     return state
 
