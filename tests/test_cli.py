@@ -1,0 +1,50 @@
+"""The commands a user types: the test runner's exit status and the demo."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from _support import REPO_ROOT
+
+ENV = {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+
+
+def run_tests_on(folder: Path) -> int:
+    code = ("from pathlib import Path; from coco_seg.run_tests import main; "
+            f"main(['-q', '-p', 'no:cacheprovider'], tests=Path({str(folder)!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=ENV | {"HOME": str(Path.home())}).returncode
+
+
+def test_test_runner_exits_non_zero_when_a_test_fails_or_none_ran(tmp_path):
+    (tmp_path / "passing").mkdir()
+    (tmp_path / "passing" / "test_ok.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+    (tmp_path / "failing").mkdir()
+    (tmp_path / "failing" / "test_bad.py").write_text("def test_bad():\n    assert 1 + 1 == 3\n")
+    (tmp_path / "empty").mkdir()
+    assert run_tests_on(tmp_path / "passing") == 0
+    assert run_tests_on(tmp_path / "failing") == 1
+    assert run_tests_on(tmp_path / "empty") == 5
+
+
+def test_demo_runs_end_to_end_on_a_fresh_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "coco_seg.cli", "demo", "--out", str(tmp_path / "demo")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, env=ENV | {"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[PASS] engine loader" in result.stdout and "[PASS] integration test" in result.stdout
+    card = json.loads((tmp_path / "demo" / "model" / "model_card.json").read_text())
+    assert card["classes"] == ["background", "person", "car"] and card["image_size"] == 128
+    planted = json.loads((tmp_path / "demo" / "data" / "planted_defects.json").read_text())["planted"]
+    assert planted and f"{len(planted)} planted label defects" in result.stdout
+
+
+def test_make_sample_is_byte_identical_for_the_same_seed(tmp_path):
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "coco_seg.cli", "make-sample", "--out", str(tmp_path / name),
+                        "--images", "12", "--seed", "5", "--plant-defects", "0.3"], cwd=REPO_ROOT, check=True,
+                       capture_output=True, env=ENV | {"HOME": str(tmp_path)})
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) > 12
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
