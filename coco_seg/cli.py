@@ -1,4 +1,4 @@
-"""The `coco-seg` command: make-sample, check, export, demo."""
+"""The `coco-seg` command: make-sample, check, export, train, evaluate, analyze, demo."""
 
 import argparse
 import json
@@ -87,6 +87,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from coco_seg.analysis.run import analyze
+
+    load_config()  # fail fast on a bad config, before the binder is imported
+    summary = analyze(model_path=Path(args.model), out_dir=Path(args.out), split=args.split, limit=args.limit,
+                      batch_size=args.batch_size, embedding_layer=args.embedding_layer)
+    for key, value in summary.items():
+        print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0
+
+
 def write_demo_config(out: Path, *, data_root: Path, model_path: Path, label_mode: str = "category") -> Path:
     config_path = out / "config.yaml"
     config_path.write_text(
@@ -98,30 +109,43 @@ def write_demo_config(out: Path, *, data_root: Path, model_path: Path, label_mod
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from coco_seg.analysis.run import analyze
     from coco_seg.check import print_report, run_checks
     from coco_seg.export import export_model, model_card_for
-    from coco_seg.model import build_unet
+    from coco_seg.model import load_keras_checkpoint
     from coco_seg.sample_data import make_sample
+    from coco_seg.training import TrainOptions, train, training_card_fields
 
     started = time.monotonic()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/3] generating the sample dataset in {out / 'data'}")
-    summary = make_sample(out / "data", images=args.images, seed=0, plant_defects=0.1)
+    print(f"[1/5] generating the sample dataset with planted label defects in {out / 'data'}")
+    summary = make_sample(out / "data", images=args.images, seed=0, plant_defects=args.plant_defects)
     config_path = write_demo_config(out, data_root=summary.out_dir, model_path=out / "model" / "model.onnx")
     _use_config(str(config_path))
     config = load_config(config_path)
-    print("[2/3] exporting an untrained MobileNetV2 + U-Net (random encoder: ImageNet weights need a download)")
-    model = build_unet(image_size=config.image_size, num_classes=config.num_classes, encoder_weights="none",
-                       alpha=0.35)
-    export_model(model, out / "model", card=model_card_for(config, trained=False, encoder_weights="none"))
-    print("[3/3] running the Tensorleap engine checks on leap_binder.py")
+    print(f"[2/5] training a small model for {args.epochs} epochs on the CPU (random encoder: ImageNet weights "
+          f"need a download)")
+    options = TrainOptions(epochs=args.epochs, batch_size=8, encoder_weights="none", alpha=0.35, fine_tune=True)
+    state = train(config, out / "run", options, resume=(out / "run" / "train_state.json").is_file())
+    checkpoint = out / "run" / "checkpoints" / "best.keras"
+    print("[3/5] exporting model.onnx, model.h5 and model_card.json")
+    export_model(load_keras_checkpoint(checkpoint), out / "model",
+                 card=model_card_for(config, trained=True, **training_card_fields(checkpoint)))
+    print("[4/5] running the Tensorleap engine checks on leap_binder.py")
     passed = print_report(run_checks(config_path=config_path))
+    print("[5/5] analysing the training split (where the label defects were planted)")
+    analysis = analyze(model_path=out / "model" / "model.onnx", out_dir=out / "analysis", split="training")
     print(f"\ndemo {'finished' if passed else 'FAILED'} in {time.monotonic() - started:.0f} s")
-    print(f"  data:   {summary.out_dir} ({summary.training_images} training, {summary.validation_images} "
+    print(f"  data:     {summary.out_dir} ({summary.training_images} training, {summary.validation_images} "
           f"validation images, {summary.planted_defects} planted label defects)")
-    print(f"  model:  {out / 'model'} (model.onnx, model.h5, model_card.json)")
-    print(f"  config: {config_path}  (use it with COCO_SEG_CONFIG={config_path} or --config)")
+    print(f"  model:    {out / 'model'} (best epoch {state.best_epoch}, validation mean IoU "
+          f"{state.best_validation['mean_iou']:.3f})")
+    if "planted_defect_recall" in analysis:
+        print(f"  planted label defects found by the label-issue ranking: {analysis['planted_defects_found']} "
+              f"(recall {analysis['planted_defect_recall']:.0%})")
+    print(f"  report:   {analysis['report']}")
+    print(f"  config:   {config_path}  (use it with COCO_SEG_CONFIG={config_path} or --config)")
     return 0 if passed else 1
 
 
@@ -172,9 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the figures to this JSON file")
     evaluate.set_defaults(run=cmd_evaluate)
 
+    analyze = commands.add_parser("analyze", help="offline analysis report: map, dashboards, label issues, ...")
+    analyze.add_argument("--model", required=True, help=".onnx (with its model.h5 beside it), .h5 or .keras")
+    analyze.add_argument("--out", required=True)
+    analyze.add_argument("--split", default="validation", choices=["training", "validation"])
+    analyze.add_argument("--limit", type=int, help="first N samples of the split")
+    analyze.add_argument("--batch-size", type=int, default=16)
+    analyze.add_argument("--embedding-layer", help="layer whose pooled output is the embedding "
+                                                   "(default: the encoder's last block)")
+    analyze.set_defaults(run=cmd_analyze)
+
     demo = commands.add_parser("demo", help="the main job on the embedded generated dataset")
     demo.add_argument("--out", default="coco-seg-demo")
-    demo.add_argument("--images", type=int, default=48)
+    demo.add_argument("--images", type=int, default=200)
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--plant-defects", type=float, default=0.1, metavar="FRACTION")
     demo.set_defaults(run=cmd_demo)
     return parser
 

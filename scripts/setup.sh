@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up used by the README and CI: pinned packages into the in-project .venv (which `poetry run` uses),
-# coco-seg installed editable, and Poetry itself in its own .venv-poetry unless one is already on PATH.
+# coco-seg installed editable, Poetry itself in its own .venv-poetry unless one is already on PATH, and Debian's
+# Chromium for the report's browser test (Playwright is pointed at it; it never downloads a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TL_DISABLE_ANALYTICS=true
@@ -12,6 +13,12 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if ! command -v poetry >/dev/null 2>&1; then
   [ -x .venv-poetry/bin/poetry ] || { "$PYTHON" -m venv .venv-poetry &&
     .venv-poetry/bin/python -m pip install --quiet --disable-pip-version-check poetry==2.5.1; }
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q chromium >/dev/null || { $SUDO apt-get update -q >/dev/null &&
+    $SUDO apt-get install -y -q chromium >/dev/null; }
 fi
 POETRY=$(command -v poetry || echo .venv-poetry/bin/poetry)
 "$POETRY" check --lock

@@ -1,0 +1,391 @@
+"""`coco-seg analyze`: the Tensorleap analyses, offline, through the binder's own registered functions.
+
+Algorithm:
+1. Stream the split in batches through ``leap_binder``'s decorated encoders, metadata, metrics and loss (the very
+   functions the engine calls) and the model (logits + an embedding: a named layer, global-average-pooled; by
+   default the encoder's last block). Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-
+   segmentation counts, thumbnail) go to a parquet part file and the embeddings to a .npy part, written atomically;
+   probabilities (float16, N×K×S×S) and label maps go to on-disk memmaps. A rerun skips finished batches, so an
+   interrupted run loses nothing; a different model, config or sample list starts afresh.
+2. From the gathered table: latent map (UMAP, PCA fallback), clusters and nearest neighbours; metadata dashboards;
+   label issues with cleanlab.segmentation (confident learning on the memmapped probabilities, chunked, so the
+   N×K×S×S array is never in memory); pruning and labelling suggestions.
+3. Write samples.parquet / samples.csv, the JSON artefacts and one self-contained report.html.
+"""
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from coco_seg import metrics
+from coco_seg.config import Config
+from coco_seg.visualizers import denormalize_image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+WORK_FORMAT = 1
+THUMBNAIL_SIZE = 96
+GALLERY_SIZE = 24  # label-issue images shown with their panels
+CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
+CLASS_COLORS = np.array([[0, 0, 0], [220, 50, 50], [40, 110, 230], [60, 180, 75], [245, 130, 48], [145, 30, 180],
+                         [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]], np.uint8)
+
+
+def load_binder() -> ModuleType:
+    """Import ``leap_binder.py`` (the engine's entry file) once; it reads the config from ``$COCO_SEG_CONFIG``."""
+    if "leap_binder" in sys.modules:
+        return sys.modules["leap_binder"]
+    spec = importlib.util.spec_from_file_location("leap_binder", REPO_ROOT / "leap_binder.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["leap_binder"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def analysis_model(model_path: Path, config: Config, *, embedding_layer: Optional[str] = None):
+    """A Keras model returning (logits, pooled embedding). An .onnx path uses the .h5 that export wrote beside it
+    (an embedding needs the model's inner layers)."""
+    import keras
+
+    from coco_seg.export import check_model_matches_config, load_model
+
+    keras_path = model_path
+    if model_path.suffix.lower() == ".onnx":
+        candidates = [model_path.with_suffix(".h5"), model_path.with_suffix(".keras")]
+        keras_path = next((p for p in candidates if p.is_file()), None)
+        if keras_path is None:
+            raise FileNotFoundError(f"analyze needs the Keras model for embeddings: no {candidates[0].name} or "
+                                    f"{candidates[1].name} beside {model_path} (coco-seg export writes model.h5)")
+    model = load_model(keras_path)
+    check_model_matches_config(model, config, model_path=model_path)
+    # Default: the encoder's last block (block_16_project), which is what the first up-block consumes.
+    source = model.get_layer("up1_conv").input if embedding_layer is None else model.get_layer(embedding_layer).output
+    embedding = keras.layers.GlobalAveragePooling2D(name="embedding")(source)
+    return keras.Model(model.input, [model.output, embedding])
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    _atomic_write(path, lambda temp: temp.write_text(json.dumps(_jsonable(payload), indent=1, allow_nan=False)))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def data_uri(image_rgb: np.ndarray, *, size: Optional[int] = None, kind: str = ".jpg") -> str:
+    if size is not None:
+        image_rgb = cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(kind, np.ascontiguousarray(image_rgb[..., ::-1]))
+    mime = "jpeg" if kind == ".jpg" else "png"
+    return f"data:image/{mime};base64,{base64.b64encode(encoded.tobytes()).decode()}"
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    return CLASS_COLORS[np.asarray(labels) % len(CLASS_COLORS)]
+
+
+def mean_pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """(N, S, S, K) probabilities → (N,) mean per-pixel entropy in nats: the model's uncertainty."""
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    return -(clipped * np.log(clipped)).sum(axis=-1).mean(axis=(1, 2))
+
+
+@dataclass
+class StreamedSplit:
+    samples: pd.DataFrame  # one row per sample, in sample order
+    embeddings: np.ndarray  # (N, D) float32
+    probabilities: Optional[np.ndarray]  # memmap (N, K, S, S) float16; None for unlabeled
+    labels: Optional[np.ndarray]  # memmap (N, S, S) uint8 GT; None for unlabeled
+    predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
+
+
+def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: Config, layer: Optional[str]) -> dict:
+    digest = hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()
+    stat = model_path.stat()
+    return {"format": WORK_FORMAT, "split": split, "samples": len(sample_ids), "sample_ids_sha256": digest,
+            "model": str(model_path.resolve()), "model_size": stat.st_size, "model_mtime": stat.st_mtime,
+            "label_mode": config.label_mode, "classes": list(config.class_names), "image_size": config.image_size,
+            "embedding_layer": layer}
+
+
+def _open_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if path.is_file():
+        array = np.load(path, mmap_mode="r+")
+        if array.shape == shape and array.dtype == dtype:
+            return array
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: Sequence[str], model: Any,
+                 model_path: Path, config: Config, work: Path, batch_size: int, embedding_layer: Optional[str],
+                 progress: bool = True) -> StreamedSplit:
+    """Run the binder's functions and the model over ``sample_ids``, resumably (see the module comment)."""
+    from coco_seg.analysis.segmentation_errors import segmentation_error_columns
+    from coco_seg.metadata import metadata_names
+
+    labeled = split != "unlabeled"
+    manifest = _manifest(split, sample_ids, model_path, config, embedding_layer)
+    manifest_path = work / "manifest.json"
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
+        for stale in work.iterdir():  # another model, config or sample list: nothing here can be reused
+            stale.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(manifest_path, manifest)
+
+    count, size, num_classes = len(sample_ids), config.image_size, config.num_classes
+    probabilities = _open_memmap(work / "probabilities.npy", np.float16, (count, num_classes, size, size)) \
+        if labeled else None
+    labels = _open_memmap(work / "labels.npy", np.uint8, (count, size, size)) if labeled else None
+    predicted = _open_memmap(work / "predicted.npy", np.uint8, (count, size, size))
+    names = list(metadata_names(config))
+    metadata_functions = dict(zip(names, binder.METADATA))
+    starts = range(0, count, batch_size)
+    iterator = starts
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(starts, desc=f"analyze {split}", unit="batch", file=sys.stderr)
+    for start in iterator:
+        part = work / f"part-{start:08d}.parquet"
+        if part.is_file() and (work / f"part-{start:08d}.npy").is_file():
+            continue  # finished in an earlier run
+        chunk = list(sample_ids[start:start + batch_size])
+        images = np.stack([binder.image_encoder(i, response) for i in chunk])
+        logits, embeddings = (np.asarray(t, np.float32) for t in model(images, training=False))
+        probs = metrics.to_probabilities(logits)
+        rows: dict[str, Any] = {"row": np.arange(start, start + len(chunk)), "sample_id": chunk,
+                                "file_name": [response.data.records[i].path.name for i in chunk]}
+        for name, function in metadata_functions.items():
+            rows[name] = [function(i, response) for i in chunk]
+        rows["uncertainty"] = mean_pixel_entropy(probs)
+        predicted_labels = probs.argmax(-1).astype(np.uint8)
+        predicted[start:start + len(chunk)] = predicted_labels
+        if labeled:
+            ground_truth = np.stack([binder.mask_encoder(i, response) for i in chunk])
+            for class_name, values in binder.iou(ground_truth, logits).items():
+                rows[f"iou_{class_name}"] = values
+            rows["mean_iou"] = binder.mean_iou(ground_truth, logits)
+            rows["dice"] = binder.dice(ground_truth, logits)
+            rows["pixel_accuracy"] = binder.pixel_accuracy(ground_truth, logits)
+            rows["loss"] = binder.pixel_cross_entropy(ground_truth, logits)
+            gt_labels = ground_truth.argmax(-1).astype(np.uint8)
+            rows |= segmentation_error_columns(gt_labels, predicted_labels, class_names=config.class_names)
+            labels[start:start + len(chunk)] = gt_labels
+            probabilities[start:start + len(chunk)] = np.moveaxis(probs, -1, 1).astype(np.float16)
+        rows["thumbnail"] = [data_uri(denormalize_image(image), size=THUMBNAIL_SIZE) for image in images]
+        for array in (probabilities, labels, predicted):
+            if array is not None:
+                array.flush()
+        # The memmaps are flushed before the part files exist: a part on disk means its rows are complete.
+        _atomic_write(work / f"part-{start:08d}.npy", lambda temp: np.save(temp, embeddings.astype(np.float32)))
+        _atomic_write(part, lambda temp: pd.DataFrame(rows).to_parquet(temp, index=False))
+
+    parts = sorted(work.glob("part-*.parquet"))  # zero-padded start rows: name order is row order
+    samples = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    embeddings = np.concatenate([np.load(p.with_suffix(".npy")) for p in parts])
+    assert samples["row"].tolist() == list(range(count)), "part files do not cover the split"
+    return StreamedSplit(samples, embeddings, probabilities, labels, predicted)
+
+
+@dataclass
+class LabelIssues:
+    image_scores: np.ndarray  # (N,) cleanlab label quality, 0..1, lower = more likely mislabelled
+    issue_share: np.ndarray  # (N,) share of pixels cleanlab flags
+    issue_masks: np.ndarray  # (N, S, S) bool pixel issues (memmap)
+    class_swaps: pd.DataFrame  # given_label, predicted_label, pixels, share
+
+
+def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], work: Path) -> LabelIssues:
+    """cleanlab.segmentation on the memmapped labels and probabilities, in chunks of images where cleanlab would
+    otherwise allocate per-pixel arrays for the whole split."""
+    from cleanlab.segmentation.filter import find_label_issues as cleanlab_find_label_issues
+    from cleanlab.segmentation.rank import get_label_quality_scores
+    from cleanlab.segmentation.summary import common_label_issues
+
+    labels, probabilities = streamed.labels, streamed.probabilities
+    count = len(labels)
+    # Confident learning needs per-class thresholds estimated over the whole split: one call, batched internally.
+    issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
+    issue_masks = _open_memmap(work / "label_issues.npy", np.bool_, issues.shape)
+    issue_masks[:] = issues
+    issue_masks.flush()
+    del issues
+    scores = np.empty(count)
+    swaps: dict[tuple[str, str], int] = {}
+    for start in range(0, count, CLEANLAB_CHUNK):
+        end = min(start + CLEANLAB_CHUNK, count)
+        chunk_probs = np.asarray(probabilities[start:end], np.float32)
+        scores[start:end], _ = get_label_quality_scores(labels[start:end], chunk_probs, method="softmin",
+                                                        verbose=False)
+        summary = common_label_issues(issue_masks[start:end], labels[start:end], chunk_probs,
+                                      class_names=list(class_names), verbose=False)
+        for row in summary.itertuples():
+            key = (row.given_label, row.predicted_label)
+            swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
+    total = max(1, int(issue_masks.sum()))
+    class_swaps = pd.DataFrame([{"given_label": g, "predicted_label": p, "pixels": n, "share": n / total}
+                                for (g, p), n in sorted(swaps.items(), key=lambda item: -item[1])],
+                               columns=["given_label", "predicted_label", "pixels", "share"])
+    return LabelIssues(scores, issue_masks.reshape(count, -1).mean(axis=1), issue_masks, class_swaps)
+
+
+def planted_defect_recall(samples: pd.DataFrame, planted_path: Path, *, split: str) -> Optional[dict[str, Any]]:
+    """When the data carries planted_defects.json (the generated sample): how many planted images the label-issue
+    ranking puts in its top 2 × (number planted)."""
+    if not planted_path.is_file():
+        return None
+    planted = {str(p["image_id"]) for p in json.loads(planted_path.read_text())["planted"] if p["split"] == split}
+    planted &= set(samples["sample_id"])
+    if not planted:
+        return None
+    ranked = samples.sort_values("label_issue_rank")["sample_id"].tolist()
+    top = set(ranked[:2 * len(planted)])
+    return {"planted": len(planted), "found_in_top": len(planted & top), "top": 2 * len(planted),
+            "recall": len(planted & top) / len(planted)}
+
+
+def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame, images: Callable[[str], np.ndarray],
+             *, size: int) -> list[dict[str, Any]]:
+    """The most likely mislabelled images with image, GT, prediction and issue-mask panels."""
+    entries = []
+    for row in samples.sort_values("label_issue_rank").head(GALLERY_SIZE).itertuples():
+        image = images(row.sample_id)
+        overlay = image.copy()
+        overlay[issues.issue_masks[row.row]] = (255, 255, 0)
+        entries.append({
+            "sample_id": row.sample_id, "rank": int(row.label_issue_rank), "score": float(row.label_issue_score),
+            "issue_share": float(row.label_issue_share),
+            "panels": {"image": data_uri(image, size=size),
+                       "ground_truth": data_uri(colorize(streamed.labels[row.row]), size=size, kind=".png"),
+                       "prediction": data_uri(colorize(streamed.predicted[row.row]), size=size, kind=".png"),
+                       "issues": data_uri(overlay, size=size, kind=".png")}})
+    return entries
+
+
+def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit: Optional[int] = None,
+            batch_size: int = 16, embedding_layer: Optional[str] = None, neighbors: int = 5, seed: int = 0,
+            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole analysis; returns the summary (also in summary.json and at the top of report.html)."""
+    from coco_seg.analysis.dashboards import dashboards_to_records, metadata_dashboards
+    from coco_seg.analysis.latent import build_latent_map, labelling_suggestions, pruning_suggestions, pruning_summary
+    from coco_seg.analysis.report import write_report
+    from coco_seg.coco_data import resolve_data_root
+    from coco_seg.metadata import metadata_names
+
+    binder = load_binder()
+    config: Config = binder.CONFIG
+    responses = {r.state.name: r for r in binder.preprocess()}
+    if split not in responses:
+        raise ValueError(f"--split must be one of {', '.join(responses)}, got {split!r}")
+    response = responses[split]
+    sample_ids = response.sample_ids[:limit]
+    model = analysis_model(Path(model_path), config, embedding_layer=embedding_layer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    streamed = stream_split(binder, response, split=split, sample_ids=sample_ids, model=model,
+                            model_path=Path(model_path), config=config, work=out_dir / "work" / split,
+                            batch_size=batch_size, embedding_layer=embedding_layer, progress=progress)
+    samples = streamed.samples
+    log(f"streamed {len(samples)} {split} samples; building the map, dashboards and label issues")
+
+    latent = build_latent_map(streamed.embeddings, k=neighbors, seed=seed)
+    ids = samples["sample_id"].to_numpy()
+    samples["map_x"], samples["map_y"] = latent.coordinates[:, 0], latent.coordinates[:, 1]
+    samples["cluster"] = latent.clusters
+    samples["neighbors"] = [" ".join(ids[row]) for row in latent.neighbors]
+
+    issues = find_label_issues(streamed, class_names=config.class_names, work=out_dir / "work" / split)
+    samples["label_issue_score"] = issues.image_scores
+    samples["label_issue_share"] = issues.issue_share
+    samples["label_issue_rank"] = samples["label_issue_score"].rank(method="first").astype(int)
+
+    pruning = pruning_suggestions(latent.clusters, samples["loss"].to_numpy(), streamed.embeddings)
+    samples["prune"] = pruning.sort_values("row")["drop"].to_numpy()
+    metadata_columns = list(metadata_names(config))
+    iou_columns = [f"iou_{n}" for n in config.class_names]
+    dashboards = metadata_dashboards(samples, metadata_columns=metadata_columns, iou_columns=iou_columns)
+
+    labelling = None
+    if "unlabeled" in config.splits:
+        unlabeled_response = binder.unlabeled_preprocess()
+        unlabeled = stream_split(binder, unlabeled_response, split="unlabeled",
+                                 sample_ids=unlabeled_response.sample_ids[:limit], model=model,
+                                 model_path=Path(model_path), config=config, work=out_dir / "work" / "unlabeled",
+                                 batch_size=batch_size, embedding_layer=embedding_layer, progress=progress)
+        ranking = labelling_suggestions(unlabeled.embeddings, streamed.embeddings,
+                                        unlabeled.samples["uncertainty"].to_numpy(), k=neighbors)
+        labelling = [{"sample_id": unlabeled.samples["sample_id"][r.row], "rank": int(r.rank),
+                      "priority": float(r.priority), "uncertainty": float(r.uncertainty),
+                      "novelty": float(r.novelty)} for r in ranking.itertuples()]
+        write_json(out_dir / "labelling_suggestions.json", labelling)
+
+    data_root = resolve_data_root(config)
+    recall = planted_defect_recall(samples, data_root / "planted_defects.json", split=split)
+    thumbnails = dict(zip(samples["sample_id"], samples["thumbnail"]))
+    table = samples.drop(columns=["thumbnail"])
+    _atomic_write(out_dir / "samples.parquet", lambda temp: table.to_parquet(temp, index=False))
+    _atomic_write(out_dir / "samples.csv", lambda temp: table.to_csv(temp, index=False))
+    np.save(out_dir / "embeddings.npy", streamed.embeddings)
+
+    dashboard_records = dashboards_to_records(dashboards)
+    cluster_table = pruning_summary(pruning).to_dict("records")
+    drop_ids = samples.loc[samples["prune"], "sample_id"].tolist()
+    summary = {"model": str(Path(model_path).resolve()), "split": split, "samples": len(samples),
+               "label_mode": config.label_mode, "map_method": latent.method,
+               "mean_loss": float(samples["loss"].mean()),
+               **{f"mean {c}": float(np.nanmean(samples[c])) for c in iou_columns + ["mean_iou"]},
+               "flagged_metadata_bins": sum(len(d["flagged_bins"]) for d in dashboard_records),
+               "suggested_to_prune": len(drop_ids)}
+    if recall is not None:
+        summary["planted_defect_recall"] = recall["recall"]
+        summary["planted_defects_found"] = f"{recall['found_in_top']} of {recall['planted']} in the top {recall['top']}"
+    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "dashboards.json", dashboard_records)
+    write_json(out_dir / "class_swaps.json", issues.class_swaps.to_dict("records"))
+    write_json(out_dir / "pruning.json", {"clusters": cluster_table, "drop_ids": drop_ids})
+
+    drops_by_cluster = samples[samples["prune"]].groupby("cluster")["sample_id"].apply(list).to_dict()
+    gallery = _gallery(streamed, issues, samples,
+                       lambda sid: denormalize_image(binder.image_encoder(sid, response)), size=config.image_size)
+    color_fields = ["loss", "mean_iou", "cluster", "label_issue_score", "uncertainty"] + metadata_columns
+    report = write_report(out_dir / "report.html", title=f"coco-seg analysis: {split}", samples=table,
+                          class_names=config.class_names, color_fields=color_fields, thumbnails=thumbnails,
+                          dashboards=dashboard_records, label_issues=gallery,
+                          class_swaps=issues.class_swaps.to_dict("records"),
+                          pruning=[{**c, "drop_ids": drops_by_cluster.get(c["cluster"], [])} for c in cluster_table],
+                          labelling=labelling, summary=summary)
+    summary["report"] = str(report)
+    return summary
