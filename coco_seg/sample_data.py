@@ -35,6 +35,7 @@ SAMPLE_DIR_ENV_VAR = "COCO_SEG_SAMPLE_DIR"
 COMPLETION_MARKER = "generated-sample-complete.json"
 PLANTED_DEFECTS_FILE = "planted_defects.json"
 DEFECT_KINDS: tuple[str, ...] = ("missing_person", "person_as_car", "shifted_mask")
+MIN_VISIBLE_SHARE = 0.005  # a planted defect's object shows at least 0.5 % of the image
 
 MIN_IMAGES = 8
 MIN_VALIDATION_IMAGES = 4
@@ -595,9 +596,24 @@ def _split_plans(rng: np.random.Generator, image_ids: list[int], image_size: tup
 def _supports(kind: str, annotation: dict) -> bool:
     if annotation["iscrowd"]:
         return False
-    if kind == "shifted_mask":
-        return annotation["category_id"] in VEHICLE_IDS or annotation["category_id"] == PERSON_ID
+    if kind == "shifted_mask":  # person or car: a defect on a class the default config does not map is invisible
+        return annotation["category_id"] in (PERSON_ID, CAR_ID)
     return annotation["category_id"] == PERSON_ID
+
+
+def _visible_pixels(target: dict, image_annotations: list[dict], width: int, height: int) -> int:
+    """Pixels of ``target`` not painted over by objects drawn after it (annotation ids follow drawing order)."""
+    def rle(annotation: dict) -> dict:
+        segmentation = annotation["segmentation"]
+        if isinstance(segmentation, list):
+            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        return mask_utils.frPyObjects(segmentation, height, width)
+
+    covering = [rle(a) for a in image_annotations if a["id"] > target["id"]]
+    visible = mask_utils.decode(rle(target)).astype(bool)
+    if covering:
+        visible &= ~mask_utils.decode(mask_utils.merge(covering)).astype(bool)
+    return int(visible.sum())
 
 
 def _shift(annotation: dict, rng: np.random.Generator, width: int, height: int) -> None:
@@ -621,7 +637,8 @@ def _plant_defects(images: list[dict], annotations: list[dict], *, fraction: flo
                    rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     """Corrupt round-half-up(fraction × eligible) training images, one defect each, kinds in rotation.
 
-    Eligible: images with a non-crowd person or car. The images are taken in a seeded random order; each slot
+    Eligible: images with a non-crowd person or car of which at least MIN_VISIBLE_SHARE of the image is visible
+    (not painted over by later objects); the defect goes to the most visible such object. The images are taken in a seeded random order; each slot
     takes the next image that supports its kind (a person for missing_person / person_as_car), falling back to
     shifted_mask, which every eligible image supports.
     """
@@ -629,19 +646,27 @@ def _plant_defects(images: list[dict], annotations: list[dict], *, fraction: flo
     for annotation in annotations:
         by_image.setdefault(annotation["image_id"], []).append(annotation)
     sizes = {image["id"]: (image["width"], image["height"]) for image in images}
-    eligible = sorted(image_id for image_id, anns in by_image.items()
-                      if any(not a["iscrowd"] and a["category_id"] in (PERSON_ID, CAR_ID) for a in anns))
+    # Only objects that can be seen take a defect: one hidden behind others could not be found by anyone.
+    visible = {a["id"]: _visible_pixels(a, by_image[image_id], *sizes[image_id])
+               for image_id, anns in by_image.items() for a in anns
+               if not a["iscrowd"] and a["category_id"] in (PERSON_ID, CAR_ID)}
+
+    def usable(kind: str, annotation: dict) -> bool:
+        width, height = sizes[annotation["image_id"]]
+        return _supports(kind, annotation) and visible[annotation["id"]] >= MIN_VISIBLE_SHARE * width * height
+
+    eligible = sorted(image_id for image_id, anns in by_image.items() if any(usable("shifted_mask", a) for a in anns))
     remaining = [eligible[i] for i in rng.permutation(len(eligible))]
     deleted: set[int] = set()
     planted = []
     for slot in range(_round_half_up(fraction * len(eligible))):
         kind = DEFECT_KINDS[slot % len(DEFECT_KINDS)]
-        image_id = next((i for i in remaining if any(_supports(kind, a) for a in by_image[i])), None)
+        image_id = next((i for i in remaining if any(usable(kind, a) for a in by_image[i])), None)
         if image_id is None:
             kind, image_id = "shifted_mask", remaining[0]
         remaining.remove(image_id)
-        candidates = [a for a in by_image[image_id] if _supports(kind, a)]
-        target = candidates[int(rng.integers(len(candidates)))]
+        candidates = [a for a in by_image[image_id] if usable(kind, a)]
+        target = max(candidates, key=lambda a: (visible[a["id"]], -a["id"]))
         if kind == "missing_person":
             deleted.add(target["id"])
         elif kind == "person_as_car":

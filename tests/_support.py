@@ -35,3 +35,38 @@ def data_tree(root: Path, *, splits: Optional[dict] = None, **extra: Any) -> dic
     if splits is not None:
         data["splits"] = splits
     return {"data": data, **extra}
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright is pointed at it and never downloads a browser
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def require_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the report's browser tests need Debian's Chromium — install it "
+                    "with `apt-get install chromium` (scripts/setup.sh does; never `playwright install`)")
+
+
+def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, Any]:
+    """Open a report in headless Chromium; return its ready state, the number of map points and any errors."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(path.as_uri())
+            page.wait_for_function("window.cocoSegReport && (window.cocoSegReport.ready || window.cocoSegReport.error)",
+                                   timeout=30_000)
+            state = page.evaluate("window.cocoSegReport")
+            points = page.evaluate(f"document.getElementById('{map_div_id}').data.reduce((s, t) => s + t.x.length, 0)")
+        finally:
+            browser.close()
+    return {"state": state, "points": points, "errors": errors, "requests": requests}

@@ -1,6 +1,5 @@
-"""The commands a user types: the test runner's exit status and the demo."""
+"""The commands a user types: the test runner's exit status and make-sample (the demo: test_analysis.py)."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +25,6 @@ def test_test_runner_exits_non_zero_when_a_test_fails_or_none_ran(tmp_path):
     assert run_tests_on(tmp_path / "passing") == 0
     assert run_tests_on(tmp_path / "failing") == 1
     assert run_tests_on(tmp_path / "empty") == 5
-
-
-def test_demo_runs_end_to_end_on_a_fresh_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "coco_seg.cli", "demo", "--out", str(tmp_path / "demo")],
-                            cwd=REPO_ROOT, capture_output=True, text=True, env=ENV | {"HOME": str(tmp_path)})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[PASS] engine loader" in result.stdout and "[PASS] integration test" in result.stdout
-    card = json.loads((tmp_path / "demo" / "model" / "model_card.json").read_text())
-    assert card["classes"] == ["background", "person", "car"] and card["image_size"] == 128
-    planted = json.loads((tmp_path / "demo" / "data" / "planted_defects.json").read_text())["planted"]
-    assert planted and f"{len(planted)} planted label defects" in result.stdout
 
 
 def test_make_sample_is_byte_identical_for_the_same_seed(tmp_path):

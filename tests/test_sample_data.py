@@ -210,8 +210,20 @@ def test_same_arguments_give_identical_bytes_and_another_seed_differs(clean, tmp
 def test_planted_defects(clean, defective):
     clean_training = document(clean.out_dir, "training")
     bad_training = document(defective.out_dir, "training")
-    eligible = {a["image_id"] for a in clean_training["annotations"]
-                if not a["iscrowd"] and a["category_id"] in (PERSON, CAR)}
+    dataset = coco(clean.out_dir, "training")
+
+    def visible_share(annotation: dict) -> float:
+        """Share of the image where the object shows: its mask minus every object drawn after it (higher id)."""
+        mask = dataset.annToMask(annotation).astype(bool)
+        for other in dataset.imgToAnns[annotation["image_id"]]:
+            if other["id"] > annotation["id"]:
+                mask &= ~dataset.annToMask(other).astype(bool)
+        return mask.mean()
+
+    visible = {a["id"]: visible_share(a) for a in clean_training["annotations"]
+               if not a["iscrowd"] and a["category_id"] in (PERSON, CAR)}
+    eligible = {before["image_id"] for before in clean_training["annotations"]
+                if visible.get(before["id"], 0) >= 0.005}
     report = json.loads((defective.out_dir / "planted_defects.json").read_text())
     planted = report["planted"]
     assert report["fraction"] == 0.25
@@ -228,6 +240,7 @@ def test_planted_defects(clean, defective):
     for entry in planted:
         original = before[entry["annotation_id"]]
         assert original["image_id"] == entry["image_id"] and not original["iscrowd"]
+        assert visible[original["id"]] >= 0.005  # nobody could find a defect on a hidden object
         if entry["kind"] == "missing_person":
             assert original["category_id"] == PERSON and entry["annotation_id"] not in after
         elif entry["kind"] == "person_as_car":

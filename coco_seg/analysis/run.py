@@ -82,6 +82,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(handle)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o644)  # mkstemp creates 0600; results are for sharing like any other output file
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -223,35 +224,35 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
 
 @dataclass
 class LabelIssues:
-    image_scores: np.ndarray  # (N,) cleanlab label quality, 0..1, lower = more likely mislabelled
-    issue_share: np.ndarray  # (N,) share of pixels cleanlab flags
+    image_scores: np.ndarray  # (N,) label quality 0..1, lower = more likely mislabelled
     issue_masks: np.ndarray  # (N, S, S) bool pixel issues (memmap)
     class_swaps: pd.DataFrame  # given_label, predicted_label, pixels, share
 
 
 def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], work: Path) -> LabelIssues:
-    """cleanlab.segmentation on the memmapped labels and probabilities, in chunks of images where cleanlab would
-    otherwise allocate per-pixel arrays for the whole split."""
+    """cleanlab.segmentation on the memmapped labels and probabilities.
+
+    Confident learning estimates per-class thresholds over the whole split (one ``find_label_issues`` call, which
+    batches internally); the image score is cleanlab's ``num_pixel_issues`` score, 1 − share of flagged pixels,
+    taken from those split-wide issue masks (cleanlab's own ``get_label_quality_scores`` would re-estimate the
+    thresholds on whatever subset it is given). The class-swap summary is cleanlab's ``common_label_issues``,
+    summed over chunks of images so that probabilities are only read a chunk at a time.
+    """
     from cleanlab.segmentation.filter import find_label_issues as cleanlab_find_label_issues
-    from cleanlab.segmentation.rank import get_label_quality_scores
     from cleanlab.segmentation.summary import common_label_issues
 
     labels, probabilities = streamed.labels, streamed.probabilities
     count = len(labels)
-    # Confident learning needs per-class thresholds estimated over the whole split: one call, batched internally.
     issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
     issue_masks = _open_memmap(work / "label_issues.npy", np.bool_, issues.shape)
     issue_masks[:] = issues
     issue_masks.flush()
     del issues
-    scores = np.empty(count)
     swaps: dict[tuple[str, str], int] = {}
     for start in range(0, count, CLEANLAB_CHUNK):
         end = min(start + CLEANLAB_CHUNK, count)
-        chunk_probs = np.asarray(probabilities[start:end], np.float32)
-        scores[start:end], _ = get_label_quality_scores(labels[start:end], chunk_probs, method="softmin",
-                                                        verbose=False)
-        summary = common_label_issues(issue_masks[start:end], labels[start:end], chunk_probs,
+        summary = common_label_issues(issue_masks[start:end], labels[start:end],
+                                      np.asarray(probabilities[start:end], np.float32),
                                       class_names=list(class_names), verbose=False)
         for row in summary.itertuples():
             key = (row.given_label, row.predicted_label)
@@ -260,7 +261,7 @@ def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], wo
     class_swaps = pd.DataFrame([{"given_label": g, "predicted_label": p, "pixels": n, "share": n / total}
                                 for (g, p), n in sorted(swaps.items(), key=lambda item: -item[1])],
                                columns=["given_label", "predicted_label", "pixels", "share"])
-    return LabelIssues(scores, issue_masks.reshape(count, -1).mean(axis=1), issue_masks, class_swaps)
+    return LabelIssues(1.0 - issue_masks.reshape(count, -1).mean(axis=1), issue_masks, class_swaps)
 
 
 def planted_defect_recall(samples: pd.DataFrame, planted_path: Path, *, split: str) -> Optional[dict[str, Any]]:
@@ -288,7 +289,7 @@ def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame
         overlay[issues.issue_masks[row.row]] = (255, 255, 0)
         entries.append({
             "sample_id": row.sample_id, "rank": int(row.label_issue_rank), "score": float(row.label_issue_score),
-            "issue_share": float(row.label_issue_share),
+            "issue_share": 1.0 - float(row.label_issue_score),
             "panels": {"image": data_uri(image, size=size),
                        "ground_truth": data_uri(colorize(streamed.labels[row.row]), size=size, kind=".png"),
                        "prediction": data_uri(colorize(streamed.predicted[row.row]), size=size, kind=".png"),
@@ -329,7 +330,6 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
 
     issues = find_label_issues(streamed, class_names=config.class_names, work=out_dir / "work" / split)
     samples["label_issue_score"] = issues.image_scores
-    samples["label_issue_share"] = issues.issue_share
     samples["label_issue_rank"] = samples["label_issue_score"].rank(method="first").astype(int)
 
     pruning = pruning_suggestions(latent.clusters, samples["loss"].to_numpy(), streamed.embeddings)
