@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _support import REPO_ROOT, data_tree, write_config
+from _support import REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, write_config
 from coco_seg.coco_data import load_labeled_split
 from coco_seg.config import load_config
 from coco_seg.encoders import encode_image, encode_mask
@@ -92,7 +92,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
 
 
 def test_export_of_a_checkpoint_records_training_and_matches_keras_on_real_images(tmp_path, trained, small_config,
-                                                                                  dataset):
+                                                                                  generated_root):
     from coco_seg.export import load_model, predict_logits
 
     checkpoint = trained["base"] / "whole" / "checkpoints" / "best.keras"
@@ -106,7 +106,9 @@ def test_export_of_a_checkpoint_records_training_and_matches_keras_on_real_image
     assert card["evaluation"]["mean_iou"] == pytest.approx(trained["whole"].best_validation["mean_iou"])
     assert card["classes"] == ["background", "person", "car"] and card["image_size"] == IMAGE_SIZE
 
-    # ONNX parity on real images (the real COCO sample when present, the generated one otherwise).
+    # ONNX parity on real images (the real COCO sample when present, the generated one otherwise). Not a
+    # parametrised fixture: that would make pytest set the module's training fixture up once per dataset.
+    dataset = (data_tree(REAL_SAMPLE, splits=REAL_SPLITS) if REAL_SAMPLE.is_dir() else data_tree(generated_root))
     images_config = load_config(write_config(tmp_path / "images", dataset | {"image_size": IMAGE_SIZE}))
     split = load_labeled_split(images_config, "training", data_root=images_config.data_root)
     images = np.stack([encode_image(split, i) for i in split.sample_ids[:8]])
