@@ -51,6 +51,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
     }
     if not result.is_valid:
         return report
+    report["bad_samples"] = _bad_sample_summaries(loader)
     size, channels = config.image_size, config.num_classes
     for state_name, state in (("training", DataStateEnum.training), ("validation", DataStateEnum.validation),
                               ("unlabeled", DataStateEnum.unlabeled)):
@@ -79,7 +80,22 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
                 if entry["metadata_none"]:
                     report["problems"].append(f"{where}: metadata is None: {', '.join(entry['metadata_none'])}")
             report["samples"].append(entry)
+    for summary, response in zip(report["bad_samples"], _split_data(loader)):
+        summary["failed_at_decode"] = len(response.failed_at_decode)  # the samples just fetched may have added some
     return report
+
+
+def _split_data(loader: Any) -> list[Any]:
+    """The SplitData of every split the binder's preprocess returned (training, validation, unlabeled)."""
+    return [response.data for response in loader._preprocess_result().values()
+            if hasattr(response.data, "skipped")]
+
+
+def _bad_sample_summaries(loader: Any) -> list[dict[str, Any]]:
+    return [{"split": split.name, "found": split.found, "kept": split.kept, "served": len(split.records),
+             "skipped": len(split.skipped), "failed_at_decode": len(split.failed_at_decode),
+             "report": None if split.report_path is None else str(split.report_path)}
+            for split in _split_data(loader)]
 
 
 def _integration_test_worker() -> dict[str, Any]:
@@ -143,6 +159,11 @@ def print_report(results: list[CheckResult]) -> bool:
         print(f"[{'PASS' if result.passed else 'FAIL'}] {result.name}")
         for line in result.details:
             print(f"    {line}")
+        for split in result.data.get("bad_samples", []):
+            # Skipped samples are not failures (on_bad_sample: skip asked for it) but must not go unseen.
+            where = f"; listed in {split['report']}" if split["report"] else ""
+            print(f"    split {split['split']}: {split['kept']} of {split['found']} sample(s) kept, "
+                  f"{split['skipped']} skipped, {split['failed_at_decode']} failed to decode{where}")
         for payload in result.data.get("payloads", []):
             print(f"    {'ok ' if payload['is_passed'] else 'BAD'} {payload['name']}")
     passed = all(r.passed for r in results)

@@ -4,10 +4,16 @@ Algorithm: the instances JSON is read once and indexed with pycocotools. A label
 least one annotation (crowd included) of a target class, plus — when ``data.background_share`` > 0 — an evenly
 spaced, deterministic pick of background-only images; samples are ordered by COCO image id and the sample id is
 the image id as a string. Every kept image is checked here, before the engine's per-sample loop: file name
-confined to the image folder, file present and non-empty, annotations with a known category and a usable
-segmentation. A bad sample raises :class:`DataError` (``on_bad_sample: error``) or is left out, counted and listed
+confined to the image folder, file present, non-empty and not truncated, pixel size in the file header (JPEG/PNG)
+equal to the annotation's width and height, annotations with a known category and a usable segmentation. A bad
+sample raises :class:`DataError` (``on_bad_sample: error``) or is left out, counted and listed
 (``on_bad_sample: skip``): kept + skipped = found, always. ``sample_limit_per_split`` applies last.
 The unlabeled split is every image file of its folder, ordered by file name.
+
+Each split's outcome is written to ``<reports_dir>/bad_samples_<split>.json`` (temporary file + rename, so a
+reader never sees half a report): found, kept, served, the skipped (or, with ``error``, refused) samples with file
+and reason, the ignored annotations, and — appended by the engine's per-sample calls — the samples that passed
+these checks but then failed to decode (``failed_at_decode``; see coco_seg.samples).
 """
 
 import contextlib
@@ -16,6 +22,8 @@ import json
 import logging
 import os
 import re
+import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,13 +31,20 @@ from typing import Any, Optional
 
 from pycocotools.coco import COCO
 
-from coco_seg.config import Config
-from coco_seg.images import confined_path, image_file_problem
+from coco_seg.config import REPORTS_DIR_ENV_VAR, Config
+from coco_seg.images import ImageFileCheck, confined_path, inspect_image_file
+
+try:  # POSIX: serialises report updates of engine worker processes; elsewhere the in-process lock must do
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SHOWN_PROBLEMS = 5  # problems quoted in an error message; the rest are counted
+REPORT_VERSION = 1
+_REPORT_LOCK = threading.Lock()  # one report update at a time within a process (engine calls may be threaded)
 
 
 class DataError(ValueError):
@@ -44,6 +59,9 @@ class BadSample:
 
     def __str__(self) -> str:
         return f"sample {self.sample_id} ({self.file}): {self.reason}"
+
+    def as_json(self) -> dict[str, str]:
+        return {"sample_id": self.sample_id, "file": self.file, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -71,12 +89,23 @@ class SplitData:
     found: int  # candidate samples before skipping (kept + skipped)
     skipped: list[BadSample] = field(default_factory=list)
     ignored_annotations: list[str] = field(default_factory=list)  # annotations tied to no image
+    annotations_path: Optional[Path] = None  # None for the unlabeled split
+    images_dir: Optional[Path] = None
+    refused: list[BadSample] = field(default_factory=list)  # on_bad_sample: error — the problems that stopped it
+    # Samples that passed preprocess but failed to decode in this process, by id (filled by coco_seg.samples).
+    failed_at_decode: dict[str, BadSample] = field(default_factory=dict)
+    report_path: Optional[Path] = None  # the bad-sample report, once written
     # Identifies this split in the per-process sample cache (object ids can be reused after garbage collection).
     cache_token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
 
     @property
     def sample_ids(self) -> list[str]:
         return list(self.records)
+
+    @property
+    def kept(self) -> int:
+        """Candidates that passed the checks (before ``sample_limit_per_split``): found - skipped - refused."""
+        return self.found - len(self.skipped) - len(self.refused)
 
 
 def _split_key(name: str, leaf: str) -> str:
@@ -116,19 +145,29 @@ def _list_folder(folder: Path, *, key: str) -> dict[str, os.DirEntry]:
         return {entry.name: entry for entry in entries}
 
 
-def _file_problem(folder: Path, file_name: str, listing: dict[str, os.DirEntry]) -> tuple[Path, Optional[str]]:
-    """The image path for ``file_name`` and what is wrong with it (None when usable). One folder listing is
-    shared by all samples, so a plain file costs one stat and two small reads, never a path resolution."""
+def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry]) -> tuple[Path, ImageFileCheck]:
+    """The image path for ``file_name``, what is wrong with it (None when usable) and its header's pixel size.
+    One folder listing is shared by all samples, so a plain file costs one stat and two small reads (a few hundred
+    bytes each), never a path resolution or a decode."""
     entry = listing.get(file_name)
     try:
         path = confined_path(folder, file_name, resolve_links=entry is None or entry.is_symlink())
     except ValueError as error:
-        return folder / PurePosixPath(file_name).name, str(error)
+        return folder / PurePosixPath(file_name).name, ImageFileCheck(str(error))
     try:
         size = entry.stat().st_size if entry is not None else path.stat().st_size
     except OSError:
-        return path, "image file is missing"
-    return path, image_file_problem(path, size=size)
+        return path, ImageFileCheck("image file is missing")
+    return path, inspect_image_file(path, size=size)
+
+
+def _size_problem(check: ImageFileCheck, image: dict) -> Optional[str]:
+    """The file's own pixel size against the annotation's; unknown sizes (other formats) are left to the decoder."""
+    if check.dimensions is None or check.dimensions == (image["width"], image["height"]):
+        return None
+    width, height = check.dimensions
+    return (f"the file is {width}x{height} but the annotation file says {image['width']}x{image['height']} "
+            f"(width x height); masks would not line up")
 
 
 def _annotation_problem(annotation: dict, image: dict, category_names: dict[int, str]) -> Optional[str]:
@@ -161,20 +200,34 @@ def _evenly_spaced(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def _settle(name: str, records: dict[str, SampleRecord], bad: list[BadSample], *, config: Config,
-            source: str) -> list[BadSample]:
-    """Apply ``on_bad_sample`` to the problems found in a split."""
-    if not bad:
-        return []
-    if config.on_bad_sample == "error":
+def _settle(split: SplitData, bad: list[BadSample], *, source: str) -> None:
+    """Apply ``on_bad_sample`` to the problems found in a split, write its report, and refuse an empty split."""
+    name, config = split.name, split.config
+    for problem in bad:
+        split.records.pop(problem.sample_id, None)
+    if config.on_bad_sample == "error" and bad:
+        split.refused = bad
+        report = write_bad_sample_report(split)
         listed = "\n".join(f"  - {problem}" for problem in bad[:SHOWN_PROBLEMS])
         more = f"\n  ... and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
-        raise DataError(f"data.splits.{name}: {len(bad)} bad sample(s) in {source}:\n{listed}{more}\n"
+        where = f" (all listed in {report})" if report is not None else ""
+        raise DataError(f"data.splits.{name}: {len(bad)} bad sample(s) in {source}{where}:\n{listed}{more}\n"
                         f"Fix the data, or set on_bad_sample: skip to leave them out (they are then listed).")
     for problem in bad:
         logger.warning("skipping %s in split %s: %s", problem.sample_id, name, problem)
-        records.pop(problem.sample_id, None)
-    return bad
+    split.skipped = bad
+    split.records = _limit(split.records, config.sample_limit_per_split)
+    report = write_bad_sample_report(split)
+    if bad:
+        logger.warning("split %s: %d of %d sample(s) skipped%s", name, len(bad), split.found,
+                       f", listed in {report}" if report is not None else "")
+    if not split.records:
+        listed = f"; the skipped samples are listed in {report}" if bad and report is not None else ""
+        if split.labeled:
+            raise DataError(f"data.splits.{name}: no usable sample in {source} ({split.found} image(s) with a class "
+                            f"of labels.classes = {list(config.classes)}, {len(bad)} skipped){listed}")
+        raise DataError(f"data.splits.{name}.images: no usable image file ({', '.join(IMAGE_SUFFIXES)}) in "
+                        f"{source} ({split.found} found, {len(bad)} skipped){listed}")
 
 
 def _limit(records: dict[str, SampleRecord], limit: Optional[int]) -> dict[str, SampleRecord]:
@@ -228,10 +281,13 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
         image = coco.imgs[image_id]
         sample_id = str(image_id)
         file_name = str(image.get("file_name", ""))
-        path, problem = _file_problem(images_dir, file_name, listing)
+        path, check = _check_file(images_dir, file_name, listing)
+        problem = check.problem
         annotations = tuple(coco.imgToAnns.get(image_id, ()))
         if problem is None and not (isinstance(image.get("width"), int) and isinstance(image.get("height"), int)):
             problem = "image entry has no integer width/height"
+        if problem is None:
+            problem = _size_problem(check, image)
         for annotation in annotations:
             if problem is not None:
                 break
@@ -240,14 +296,11 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
             bad.append(BadSample(sample_id, str(path), problem))
         records[sample_id] = SampleRecord(sample_id=sample_id, path=path, image_id=image_id, width=image.get("width"),
                                           height=image.get("height"), annotations=annotations)
-    skipped = _settle(name, records, bad, config=config, source=str(annotations_path))
-    records = _limit(records, config.sample_limit_per_split)
-    if not records:
-        raise DataError(f"data.splits.{name}: no usable sample in {annotations_path} "
-                        f"({len(keep)} image(s) with a class of labels.classes = {list(config.classes)}, "
-                        f"{len(skipped)} skipped)")
-    return SplitData(name=name, labeled=True, config=config, records=records, class_of_category=class_of_category,
-                     category_names=category_names, found=len(keep), skipped=skipped, ignored_annotations=ignored)
+    split = SplitData(name=name, labeled=True, config=config, records=records, class_of_category=class_of_category,
+                      category_names=category_names, found=len(keep), ignored_annotations=ignored,
+                      annotations_path=annotations_path, images_dir=images_dir)
+    _settle(split, bad, source=str(annotations_path))
+    return split
 
 
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
@@ -271,19 +324,128 @@ def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
     names = sorted(n for n, e in listing.items() if n.lower().endswith(IMAGE_SUFFIXES) and not e.is_dir())
     for file_name in names:
         sample_id = unlabeled_sample_id(file_name)
-        path, problem = _file_problem(folder, file_name, listing)
+        path, check = _check_file(folder, file_name, listing)
+        problem = check.problem
         if sample_id in records:
             problem = f"sample id {sample_id} already used by {records[sample_id].path.name}"
             sample_id = file_name
         if problem is not None:
             bad.append(BadSample(sample_id, str(path), problem))
         records[sample_id] = SampleRecord(sample_id=sample_id, path=path)
-    skipped = _settle("unlabeled", records, bad, config=config, source=str(folder))
-    records = _limit(records, config.sample_limit_per_split)
-    if not records:
-        raise DataError(f"{key}: no usable image file ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return SplitData(name="unlabeled", labeled=False, config=config, records=records, class_of_category={}, category_names={},
-                     found=len(names), skipped=skipped)
+    split = SplitData(name="unlabeled", labeled=False, config=config, records=records, class_of_category={},
+                      category_names={}, found=len(names), images_dir=folder)
+    _settle(split, bad, source=str(folder))
+    return split
+
+
+# --- the bad-sample report ----------------------------------------------------------------------------------------
+
+def report_path_for(config: Config, split_name: str) -> Path:
+    return config.reports_dir / f"bad_samples_{split_name}.json"
+
+
+def bad_sample_report(split: SplitData) -> dict[str, Any]:
+    """The JSON-ready report of a split: counts (kept + skipped = found in skip mode; kept + refused = found in
+    error mode) and every left-out sample with its file and reason."""
+    return {
+        "version": REPORT_VERSION,
+        "split": split.name,
+        "annotations": None if split.annotations_path is None else str(split.annotations_path),
+        "images": None if split.images_dir is None else str(split.images_dir),
+        "on_bad_sample": split.config.on_bad_sample,
+        "found": split.found,
+        "kept": split.kept,
+        "served": len(split.records),  # kept, after sample_limit_per_split
+        "skipped": [bad.as_json() for bad in split.skipped],
+        "refused": [bad.as_json() for bad in split.refused],
+        "ignored_annotations": list(split.ignored_annotations),
+        "failed_at_decode": [bad.as_json() for bad in split.failed_at_decode.values()],
+    }
+
+
+def _write_json_atomically(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2)
+            stream.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+@contextlib.contextmanager
+def _report_file_lock(path: Path):
+    """Exclusive lock on ``.<report>.lock`` beside the report: engine workers in other processes append too."""
+    with _REPORT_LOCK:
+        if fcntl is None:
+            yield
+            return
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_bad_sample_report(split: SplitData) -> Optional[Path]:
+    """Write the split's report (preprocess time); returns its path, or None when the default folder is not
+    writable (a warning says so). A ``reports_dir`` the user chose that cannot be written is a DataError."""
+    path = report_path_for(split.config, split.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _report_file_lock(path):
+            _write_json_atomically(path, bad_sample_report(split))
+    except OSError as error:
+        if split.config.reports_dir_setting is not None:
+            raise DataError(f"reports_dir: cannot write the bad-sample report {path}: {error.strerror or error} "
+                            f"(set in {split.config.source})") from None
+        if os.environ.get(REPORTS_DIR_ENV_VAR):
+            raise DataError(f"${REPORTS_DIR_ENV_VAR}: cannot write the bad-sample report {path}: "
+                            f"{error.strerror or error}") from None
+        logger.warning("cannot write the bad-sample report %s (%s); set reports_dir in the config to a writable "
+                       "folder. The skipped samples are in this log only.", path, error.strerror or error)
+        return None
+    split.report_path = path
+    return path
+
+
+def record_decode_failure(split: SplitData, bad: BadSample) -> bool:
+    """Note that an accepted sample failed to decode: log one warning and add it to the split's report.
+
+    Returns False when the sample was already recorded (by this process). Never raises: it runs inside the
+    engine's per-sample calls, where an exception would end the run. Failures recorded by other processes (engine
+    workers) are kept: the report on disk is merged, not overwritten.
+    """
+    with _REPORT_LOCK:
+        if bad.sample_id in split.failed_at_decode:
+            return False
+        split.failed_at_decode[bad.sample_id] = bad
+    path = split.report_path
+    logger.warning("split %s, sample %s (%s) cannot be decoded: %s. It is served as a placeholder (black image, "
+                   "ignored ground truth, metadata missing)%s", split.name, bad.sample_id, bad.file, bad.reason,
+                   f" and listed in {path}" if path is not None else "")
+    if path is None:
+        return True
+    try:
+        with _report_file_lock(path):
+            report = bad_sample_report(split)
+            try:
+                on_disk = json.loads(path.read_text())
+            except (OSError, ValueError):
+                on_disk = {}
+            if on_disk.get("split") == report["split"] and on_disk.get("annotations") == report["annotations"]:
+                listed = {entry["sample_id"] for entry in report["failed_at_decode"]}
+                report["failed_at_decode"] += [entry for entry in on_disk.get("failed_at_decode", [])
+                                               if isinstance(entry, dict) and entry.get("sample_id") not in listed]
+            _write_json_atomically(path, report)
+    except Exception as error:  # noqa: BLE001 — a report that cannot be updated must not stop the engine
+        logger.warning("cannot update the bad-sample report %s: %s", path, error)
+    return True
 
 
 def resolve_data_root(config: Config) -> Path:

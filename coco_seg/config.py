@@ -17,6 +17,8 @@ import yaml
 from coco_seg.categories import CATEGORY_BY_NAME, SUPERCATEGORIES, category_names_of_supercategory
 
 CONFIG_ENV_VAR = "COCO_SEG_CONFIG"
+REPORTS_DIR_ENV_VAR = "COCO_SEG_REPORTS_DIR"  # where reports go when the config's reports_dir is null
+DEFAULT_REPORTS_DIR = Path("~/.cache/coco-seg/reports")
 DEFAULTS_PATH = Path(__file__).with_name("default_config.yaml")
 SPLIT_NAMES = ("training", "validation", "unlabeled")
 LABEL_MODES = ("category", "supercategory")
@@ -52,6 +54,7 @@ class Config:
     image_size: int
     sample_limit_per_split: Optional[int]
     on_bad_sample: str
+    reports_dir_setting: Optional[Path]  # reports_dir as configured (resolved); None = environment or default
     model_path: Optional[Path]
     source: str  # where the overrides came from, for messages
 
@@ -73,6 +76,14 @@ class Config:
     def num_classes(self) -> int:
         """K + 1: the number of model output channels."""
         return len(self.class_names)
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where the bad-sample reports go: ``reports_dir``, else ``$COCO_SEG_REPORTS_DIR``, else
+        ~/.cache/coco-seg/reports. The environment is read on each use so that tests can point it elsewhere."""
+        if self.reports_dir_setting is not None:
+            return self.reports_dir_setting
+        return Path(os.environ.get(REPORTS_DIR_ENV_VAR) or DEFAULT_REPORTS_DIR).expanduser()
 
 
 def _read_yaml(path: Path, *, what: str) -> dict[str, Any]:
@@ -167,7 +178,8 @@ def _resolve_path(value: Optional[str], base: Path) -> Optional[Path]:
 def load_config(path: Optional[os.PathLike] = None) -> Config:
     """Load defaults, overlay the YAML at ``path`` (or ``$COCO_SEG_CONFIG``), validate and return the config.
 
-    Relative ``data.root`` and ``model.path`` are resolved against the directory of the YAML that set them.
+    Relative ``data.root``, ``reports_dir`` and ``model.path`` are resolved against the directory of the YAML that
+    set them.
     """
     defaults = _read_yaml(DEFAULTS_PATH, what="default config")
     if path is None and os.environ.get(CONFIG_ENV_VAR):
@@ -198,6 +210,10 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
     if policy not in BAD_SAMPLE_POLICIES:
         raise ConfigError(f"config key 'on_bad_sample' must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {policy!r}")
 
+    reports_dir = _expect(tree["reports_dir"], "reports_dir", (str,), nullable=True)
+    if reports_dir is not None and not reports_dir.strip():
+        raise ConfigError("config key 'reports_dir' must be a folder path or null (the default folder), got ''")
+
     splits_tree = _expect(data["splits"], "data.splits", (dict,))
     splits = {}
     for name in SPLIT_NAMES:
@@ -221,6 +237,7 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
         image_size=image_size,
         sample_limit_per_split=limit,
         on_bad_sample=policy,
+        reports_dir_setting=_resolve_path(reports_dir, base),
         model_path=_resolve_path(model_path, base),
         source=source,
     )

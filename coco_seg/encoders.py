@@ -6,7 +6,7 @@ import numpy as np
 
 from coco_seg.coco_data import SplitData
 from coco_seg.masks import one_hot
-from coco_seg.samples import CACHE, SampleError
+from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
@@ -20,7 +20,8 @@ def encode_image(split: SplitData, sample_id: str) -> np.ndarray:
 
 
 def encode_label_mask(split: SplitData, sample_id: str) -> np.ndarray:
-    """The ground truth as class values: (S, S) uint8, 0 background, 1..K the configured classes."""
+    """The ground truth as class values: (S, S) uint8, 0 background, 1..K the configured classes; all
+    ``IGNORED_LABEL`` for a sample that failed to decode (coco_seg.samples)."""
     mask = CACHE.get(split, sample_id).mask
     if mask is None:
         raise SampleError(f"sample {sample_id} of split {split.name} is unlabeled: it has no ground truth")
@@ -28,8 +29,13 @@ def encode_label_mask(split: SplitData, sample_id: str) -> np.ndarray:
 
 
 def encode_mask(split: SplitData, sample_id: str) -> np.ndarray:
-    """The ground truth: (S, S, K+1) float32 one-hot, background first."""
-    return one_hot(encode_label_mask(split, sample_id), num_classes=split.config.num_classes)
+    """The ground truth: (S, S, K+1) float32 one-hot, background first; all zeros (every pixel ignored by the
+    metrics and the loss) for a sample that failed to decode."""
+    labels = encode_label_mask(split, sample_id)
+    num_classes = split.config.num_classes
+    if labels.flat[0] == IGNORED_LABEL:  # a placeholder: IGNORED_LABEL everywhere, and a real mask never holds it
+        return np.zeros(labels.shape + (num_classes,), np.float32)
+    return one_hot(labels, num_classes=num_classes)
 
 
 def sample_metadata(split: SplitData, sample_id: str) -> dict[str, Any]:

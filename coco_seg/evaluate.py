@@ -86,7 +86,9 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
     done = 0
     for images, ground_truth in batches(split, sample_ids, batch_size=batch_size):
         prediction = predict(images)
-        confusion += confusion_matrix(ground_truth.argmax(-1), prediction.argmax(-1), num_classes=num_classes)
+        labelled = ground_truth.max(axis=-1) > 0  # all-zero GT = ignored pixels (e.g. a sample that failed to decode)
+        confusion += confusion_matrix(ground_truth.argmax(-1)[labelled], prediction.argmax(-1)[labelled],
+                                      num_classes=num_classes)
         per_image.append(metrics.mean_iou(ground_truth, prediction))
         done += len(images)
         if progress:

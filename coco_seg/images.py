@@ -3,9 +3,15 @@
 Decoding uses OpenCV with IMREAD_UNCHANGED so that EXIF orientation is *not* applied: COCO polygons are in the
 stored pixel grid. The result is then normalised: 16-bit → 8-bit, grayscale → three equal channels, alpha dropped,
 BGR → RGB.
+
+Preprocess does not decode: :func:`inspect_image_file` reads a few hundred bytes per file (head and tail) to catch
+empty, mislabelled and truncated files and to read the stored pixel size from the PNG IHDR chunk or the JPEG frame
+header, without Pillow (not a dependency) and without decoding.
 """
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -72,28 +78,95 @@ def confined_path(folder: Path, file_name: str, *, resolve_links: bool = True) -
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
 TAIL_BYTES = 1024  # encoders may append padding after the end marker; look for it near the end, not at it
+# PNG's IHDR sits at bytes 8-24, and in most JPEGs (no large EXIF block) the frame header lies within the first few
+# hundred bytes, so one read of this size usually answers; otherwise the JPEG segment chain is followed by seeks.
+HEAD_BYTES = 512
+MAX_JPEG_SEGMENTS = 64  # bounds the walk on a malformed file; real files reach the frame header in under 20
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic). C4 (DHT), C8 (JPG)
+# and CC (DAC) share the range but are not frame headers.
+JPEG_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
 
 
-def image_file_problem(path: Path, *, size: int) -> Optional[str]:
-    """A cheap structural check of an image file (two small reads, no decode): what is wrong, or None.
+@dataclass(frozen=True)
+class ImageFileCheck:
+    """What a cheap look at an image file found: a problem (None when usable) and the pixel size its header states
+    ((width, height), or None when the format is not JPEG/PNG or the header does not say)."""
+
+    problem: Optional[str]
+    dimensions: Optional[tuple[int, int]] = None
+
+
+def _jpeg_dimensions(read_at: Callable[[int, int], bytes]) -> Optional[tuple[int, int]]:
+    """(width, height) from the first frame header, walking the marker segments after SOI; None when not found."""
+    offset = 2
+    for _ in range(MAX_JPEG_SEGMENTS):
+        marker = read_at(offset, 4)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        code = marker[1]
+        if code == 0xFF:  # fill byte before a marker
+            offset += 1
+            continue
+        if code in JPEG_STANDALONE_MARKERS:
+            offset += 2
+            continue
+        if code in (0xD9, 0xDA) or len(marker) < 4:  # end of image or scan data before any frame header
+            return None
+        if code in JPEG_FRAME_MARKERS:
+            frame = read_at(offset + 4, 5)  # sample precision (1 byte), height (2), width (2)
+            if len(frame) < 5:
+                return None
+            height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+            return (width, height) if width and height else None  # height 0 = defined later by a DNL marker
+        length = int.from_bytes(marker[2:4], "big")
+        if length < 2:
+            return None
+        offset += 2 + length
+    return None
+
+
+def _png_dimensions(head: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) from the IHDR chunk, which the PNG format requires to come first."""
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return (width, height) if width and height else None
+
+
+def inspect_image_file(path: Path, *, size: int) -> ImageFileCheck:
+    """A cheap structural check of an image file (a few small reads, no decode) and its header's pixel size.
 
     Catches empty files, files that are not JPEG/PNG although named so, and truncated downloads (end marker
-    missing). Other formats are only checked for being non-empty; the decoder has the last word on all files.
+    missing), and reads the width and height from the PNG IHDR chunk or the JPEG frame header, so that preprocess
+    can compare them with the annotation. Other formats are only checked for being non-empty (size unknown); the
+    decoder has the last word on all files.
     """
     if size == 0:
-        return "image file is empty (0 bytes)"
+        return ImageFileCheck("image file is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix not in (".jpg", ".jpeg", ".png"):
-        return None
+        return ImageFileCheck(None)
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(HEAD_BYTES)
             handle.seek(max(0, size - TAIL_BYTES))
             tail = handle.read(TAIL_BYTES)
+
+            def read_at(offset: int, count: int) -> bytes:
+                if offset + count <= len(head):
+                    return head[offset:offset + count]
+                handle.seek(offset)
+                return handle.read(count)
+
+            if head.startswith(JPEG_START):
+                if JPEG_END not in tail:
+                    return ImageFileCheck("JPEG file is truncated (no end-of-image marker)")
+                return ImageFileCheck(None, _jpeg_dimensions(read_at))
     except OSError as error:
-        return f"image file cannot be read: {error.strerror}"
-    if head.startswith(JPEG_START):
-        return None if JPEG_END in tail else "JPEG file is truncated (no end-of-image marker)"
+        return ImageFileCheck(f"image file cannot be read: {error.strerror}")
     if head.startswith(PNG_START):
-        return None if PNG_END in tail else "PNG file is truncated (no IEND chunk)"
-    return f"file is not a JPEG or PNG image although named {path.name}"
+        if PNG_END not in tail:
+            return ImageFileCheck("PNG file is truncated (no IEND chunk)")
+        return ImageFileCheck(None, _png_dimensions(head))
+    return ImageFileCheck(f"file is not a JPEG or PNG image although named {path.name}")

@@ -1,16 +1,17 @@
 """COCO instance annotations → one semantic mask per image.
 
 Algorithm: every annotation whose category belongs to a target class is turned into an RLE with pycocotools
-(polygons, uncompressed crowd RLE and compressed RLE alike), the RLEs of each class are merged into one union, and
-each union is decoded once. Classes are painted from the last configured class to the first, so where instances
+(polygons, uncompressed crowd RLE and compressed RLE alike) and the RLEs of each class are merged into one union.
+Pixel counts per class come from RLE areas (no decode); the mask is painted from each union decoded once. Classes are painted from the last configured class to the first, so where instances
 of different classes overlap **the class listed first in ``labels.classes`` wins** (with the defaults: person over
 car — a rider stays a person). Background is 0, class k (config order) is k. Crowd regions are painted like
 any other instance: they are pixels of that class.
 """
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Optional
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -37,34 +38,70 @@ def segmentation_to_rle(segmentation: Any, *, height: int, width: int) -> dict:
     raise AnnotationError("segmentation is neither a polygon list nor an RLE")
 
 
-def semantic_mask(annotations: Iterable[Mapping[str, Any]], *, height: int, width: int,
-                  class_of_category: Mapping[int, int], num_target_classes: int) -> np.ndarray:
-    """Paint the (height, width) uint8 mask: 0 background, k for target class k (1-based, config order).
-
-    ``class_of_category`` maps COCO category id → target class index (1..K); other categories stay background.
-    """
+def class_unions(annotations: Iterable[Mapping[str, Any]], *, height: int, width: int,
+                 class_of_category: Mapping[int, int]) -> dict[int, dict]:
+    """One RLE per target class: the union of its instances (crowd regions included)."""
     rles_by_class: dict[int, list[dict]] = {}
     for annotation in annotations:
         target = class_of_category.get(annotation["category_id"])
         if target is not None:
             rles_by_class.setdefault(target, []).append(
                 segmentation_to_rle(annotation["segmentation"], height=height, width=width))
-    mask = np.zeros((height, width), dtype=np.uint8)
+    return {target: mask_utils.merge(rles) if len(rles) > 1 else rles[0] for target, rles in rles_by_class.items()}
+
+
+def class_pixel_counts(unions: Mapping[int, dict], *, height: int, width: int, num_target_classes: int) -> np.ndarray:
+    """Pixels of each mask value 0..K under the overlap rule, from RLE areas alone (no mask is decoded).
+
+    Class k keeps what it covers outside the classes listed before it: area(U_1 ∪ … ∪ U_k) − area(U_1 ∪ … ∪ U_k-1).
+    """
+    counts = np.zeros(num_target_classes + 1, dtype=np.int64)
+    covered, covered_area = None, 0
+    for target in range(1, num_target_classes + 1):
+        union = unions.get(target)
+        if union is None:
+            continue
+        covered = union if covered is None else mask_utils.merge([covered, union])
+        area = int(mask_utils.area(covered))
+        counts[target], covered_area = area - covered_area, area
+    counts[0] = height * width - covered_area
+    return counts
+
+
+def paint(unions: Mapping[int, dict], *, height: int, width: int, num_target_classes: int,
+          out_size: Optional[int] = None) -> np.ndarray:
+    """The uint8 label mask, at the original size or nearest-resampled to ``out_size`` × ``out_size``.
+
+    Each class union is resampled before painting: nearest-neighbour resampling picks source pixels, so painting
+    the resampled unions equals resampling the painted full-size mask — at a fraction of the cost.
+    """
+    shape = (height, width) if out_size is None else (out_size, out_size)
+    mask = np.zeros(shape, dtype=np.uint8)
     for target in range(num_target_classes, 0, -1):  # last class first: earlier classes paint over later ones
-        rles = rles_by_class.get(target)
-        if rles:
-            union = mask_utils.decode(mask_utils.merge(rles) if len(rles) > 1 else rles[0])
-            mask[union.astype(bool)] = target
+        union = unions.get(target)
+        if union is None:
+            continue
+        pixels = mask_utils.decode(union)
+        if out_size is not None:
+            pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_NEAREST)
+        mask[pixels.astype(bool)] = target
     return mask
 
 
-def class_percentages(mask: np.ndarray, *, num_classes: int) -> np.ndarray:
-    """Share of pixels of each mask value 0..num_classes-1, in percent (sums to 100)."""
-    counts = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
-    return counts.astype(np.float64) * (100.0 / mask.size)
+def semantic_mask(annotations: Iterable[Mapping[str, Any]], *, height: int, width: int,
+                  class_of_category: Mapping[int, int], num_target_classes: int,
+                  out_size: Optional[int] = None) -> np.ndarray:
+    """Paint the uint8 mask: 0 background, k for target class k (1-based, config order); full size, or
+    nearest-resampled to ``out_size`` × ``out_size``.
+
+    ``class_of_category`` maps COCO category id → target class index (1..K); other categories stay background.
+    """
+    unions = class_unions(annotations, height=height, width=width, class_of_category=class_of_category)
+    return paint(unions, height=height, width=width, num_target_classes=num_target_classes, out_size=out_size)
 
 
 def one_hot(mask: np.ndarray, *, num_classes: int) -> np.ndarray:
     """(H, W) label mask → (H, W, num_classes) float32 one-hot, background first."""
-    return np.eye(num_classes, dtype=np.float32)[mask]
+    # One contiguous plane per class interleaved by OpenCV: ~10x faster than gathering rows of an identity matrix.
+    return cv2.merge([(mask == value).astype(np.float32) for value in range(num_classes)])
 

@@ -26,7 +26,7 @@ import keras
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
 from coco_seg.encoders import encode_image, encode_label_mask
-from coco_seg.evaluate import Evaluation, evaluate_split
+from coco_seg.evaluate import evaluate_split
 from coco_seg.model import build_unet
 
 STATE_NAME = "train_state.json"
@@ -73,6 +73,21 @@ def _write_json_atomically(path: Path, payload: Any) -> None:
     with os.fdopen(handle, "w") as stream:
         json.dump(payload, stream, indent=2)
     os.replace(temp, path)
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    """``model.save(path)`` through a temporary file beside it, then a rename: an interrupted save (kill, full disk)
+    leaves the previous checkpoint intact instead of a truncated one that ``--resume`` would fail on. The temporary
+    name keeps the suffix, which Keras uses to pick the format."""
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        model.save(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def read_state(out_dir: Path) -> Optional[TrainState]:
@@ -189,9 +204,9 @@ class _EpochEnd(keras.callbacks.Callback):
         record = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "validation_mean_iou": evaluation.mean_iou,
                   "validation_iou": evaluation.iou, "seconds": round(time.monotonic() - self.started, 1)}
         checkpoints = self.out_dir / "checkpoints"
-        self.model.save(checkpoints / LAST_NAME)  # written before the state, so the state never runs ahead
+        save_model_atomically(self.model, checkpoints / LAST_NAME)  # before the state: it never runs ahead
         if self.state.best_validation is None or evaluation.mean_iou > self.state.best_validation["mean_iou"]:
-            self.model.save(checkpoints / BEST_NAME)
+            save_model_atomically(self.model, checkpoints / BEST_NAME)
             self.state.best_epoch, self.state.best_validation = epoch + 1, asdict(evaluation)
         self.state.epochs_done = epoch + 1
         self.state.history.append(record)

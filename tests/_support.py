@@ -1,6 +1,7 @@
 """Helpers shared by the tests (a plain module: a top-level `tests` package from site-packages may shadow ours)."""
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -9,6 +10,8 @@ import yaml
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader telemetry stalls imports without network
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Bad-sample reports of the tests go to a scratch folder, not the user's ~/.cache (subprocesses inherit this).
+os.environ.setdefault("COCO_SEG_REPORTS_DIR", tempfile.mkdtemp(prefix="coco-seg-test-reports-"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SAMPLE = REPO_ROOT.parent / "shared" / "coco_sample"
@@ -70,3 +73,9 @@ def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, An
         finally:
             browser.close()
     return {"state": state, "points": points, "errors": errors, "requests": requests}
+
+
+def subprocess_env(*, home: Optional[Path] = None, **extra: str) -> dict[str, str]:
+    """A minimal, explicit environment for the CLI and binder subprocesses of the tests."""
+    return {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin",
+            "HOME": str(home or Path.home()), "COCO_SEG_REPORTS_DIR": os.environ["COCO_SEG_REPORTS_DIR"], **extra}

@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _support import REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, render_report, requires_real_sample, write_config
+from _support import (REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, render_report, requires_real_sample,
+                      subprocess_env, write_config)
 from coco_seg.metadata import metadata_names
 
-ENV = {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
 
 
 def cli(*args: str, home: Path, config: Path | None = None) -> subprocess.CompletedProcess:
     prefix = ["--config", str(config)] if config else []
     return subprocess.run([sys.executable, "-m", "coco_seg.cli", *prefix, *args], cwd=REPO_ROOT, text=True,
-                          capture_output=True, env=ENV | {"HOME": str(home)})
+                          capture_output=True, env=subprocess_env(home=home))
 
 
 def expected_columns(config_path: Path) -> set[str]:

@@ -11,7 +11,7 @@ from coco_seg.check import engine_check, integration_test
 from coco_seg.config import load_config
 from coco_seg.export import export_model, model_card_for
 from coco_seg.model import build_unet
-from _support import REPO_ROOT, write_config
+from _support import REPO_ROOT, subprocess_env, write_config
 
 IMAGE_SIZE = 64  # small model input keeps the engine checks quick; the demo test covers the default 128
 
@@ -88,8 +88,7 @@ def test_a_model_whose_card_disagrees_with_the_config_is_refused(tmp_path, gener
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coco_seg.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, env={"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
-                                          "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+                          text=True, env=subprocess_env())
 
 
 def test_check_command_passes_and_fails_with_the_right_exit_status(tmp_path, generated_root, models):
@@ -111,8 +110,7 @@ def test_leap_yaml_includes_every_file_the_binder_reads(tmp_path, generated_root
              "print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
              "if getattr(m, '__file__', None) and m.__name__.split('.')[0] in ('coco_seg', 'leap_binder')))")
     output = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-                            env={"TL_DISABLE_ANALYTICS": "true", "COCO_SEG_CONFIG": str(config_path),
-                                 "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}).stdout
+                            env=subprocess_env(COCO_SEG_CONFIG=str(config_path))).stdout
     read = {str(Path(line).resolve().relative_to(REPO_ROOT)) for line in output.split()}
     read |= {"coco_seg/default_config.yaml", "requirements.txt"}
     for name in ("leap.yaml", ".tensorleap.yaml"):

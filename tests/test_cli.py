@@ -4,16 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _support import REPO_ROOT
+from _support import REPO_ROOT, subprocess_env
 
-ENV = {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
 
 
 def run_tests_on(folder: Path) -> int:
     code = ("from pathlib import Path; from coco_seg.run_tests import main; "
             f"main(['-q', '-p', 'no:cacheprovider'], tests=Path({str(folder)!r}))")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=ENV | {"HOME": str(Path.home())}).returncode
+                          env=subprocess_env()).returncode
 
 
 def test_test_runner_exits_non_zero_when_a_test_fails_or_none_ran(tmp_path):
@@ -31,7 +30,7 @@ def test_make_sample_is_byte_identical_for_the_same_seed(tmp_path):
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-m", "coco_seg.cli", "make-sample", "--out", str(tmp_path / name),
                         "--images", "12", "--seed", "5", "--plant-defects", "0.3"], cwd=REPO_ROOT, check=True,
-                       capture_output=True, env=ENV | {"HOME": str(tmp_path)})
+                       capture_output=True, env=subprocess_env(home=tmp_path))
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 12

@@ -49,6 +49,23 @@ def test_masks_equal_pycocotools_ann_to_mask(tmp_path, dataset, mode):
     assert crowd_seen > 0, "the datasets hold crowd RLE annotations of a class; they must be exercised"
 
 
+def test_model_size_mask_and_pixel_counts_equal_the_full_size_mask(tmp_path, dataset):
+    """The per-sample path paints at the model size and counts pixels from RLE areas; both must equal what the
+    full-size mask gives (nearest resize, bincount)."""
+    from coco_seg.masks import class_pixel_counts, class_unions, paint
+
+    config, split = load(tmp_path, dataset | {"labels": {"mode": "supercategory"}})
+    targets = len(config.target_classes)
+    for record in list(split.records.values())[:40]:
+        unions = class_unions(record.annotations, height=record.height, width=record.width,
+                              class_of_category=split.class_of_category)
+        full = paint(unions, height=record.height, width=record.width, num_target_classes=targets)
+        small = paint(unions, height=record.height, width=record.width, num_target_classes=targets, out_size=96)
+        np.testing.assert_array_equal(small, cv2.resize(full, (96, 96), interpolation=cv2.INTER_NEAREST))
+        counts = class_pixel_counts(unions, height=record.height, width=record.width, num_target_classes=targets)
+        np.testing.assert_array_equal(counts, np.bincount(full.ravel(), minlength=targets + 1))
+
+
 def test_overlap_rule_first_configured_class_wins():
     person = {"category_id": 1, "segmentation": [[0, 0, 6, 0, 6, 6, 0, 6]], "iscrowd": 0}
     car = {"category_id": 3, "segmentation": [[3, 3, 10, 3, 10, 10, 3, 10]], "iscrowd": 0}
@@ -290,14 +307,17 @@ def test_orphan_annotation_errors_or_is_listed(tmp_path, editable):
     assert any("77777" in line for line in split.ignored_annotations)
 
 
-def test_image_size_differing_from_annotation_is_a_clear_sample_error(tmp_path, editable):
+def test_image_size_differing_from_annotation_is_refused_at_preprocess(tmp_path, editable):
+    """Read from the file header at preprocess time (no decode), not found later by the engine's decode."""
     dataset = json.loads((editable / "annotations" / "instances_train2017.json").read_text())
     image = first_class_image(dataset)
     path = editable / "train2017" / image["file_name"]
     cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (50, 40)))
-    _, split = load(tmp_path, data_tree(editable))
-    with pytest.raises(SampleError, match=f"sample {image['id']}.*50x40"):
-        encode_mask(split, str(image["id"]))
+    with pytest.raises(DataError) as error:
+        load(tmp_path, data_tree(editable))
+    message = str(error.value)
+    assert f"sample {image['id']}" in message and image["file_name"] in message
+    assert f"the file is 50x40 but the annotation file says {image['width']}x{image['height']}" in message
 
 
 @pytest.mark.parametrize("what, key", [("annotations", "data.splits.training.annotations"),

@@ -1,7 +1,6 @@
 """Over/under-segmentation counts from connected components (coco_seg.analysis.segmentation_errors)."""
 
 
-import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st

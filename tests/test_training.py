@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _support import REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, write_config
+from _support import REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, subprocess_env, write_config
 from coco_seg.coco_data import load_labeled_split
 from coco_seg.config import load_config
 from coco_seg.encoders import encode_image, encode_mask
@@ -87,8 +87,7 @@ def test_resume_continues_exactly_where_the_run_stopped(trained):
 
 def run_cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coco_seg.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin",
-                               "HOME": str(Path.home())})
+                          env=subprocess_env())
 
 
 def test_export_of_a_checkpoint_records_training_and_matches_keras_on_real_images(tmp_path, trained, small_config,
