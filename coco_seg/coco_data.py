@@ -33,6 +33,7 @@ from pycocotools.coco import COCO
 
 from coco_seg.config import REPORTS_DIR_ENV_VAR, Config
 from coco_seg.images import ImageFileCheck, confined_path, inspect_image_file
+from coco_seg.index_cache import AnnotationScan, Annotations, Candidate, LazyAnnotations, cached_scan
 
 try:  # POSIX: serialises report updates of engine worker processes; elsewhere the in-process lock must do
     import fcntl
@@ -73,7 +74,12 @@ class SampleRecord:
     image_id: Optional[int] = None  # None for unlabeled images
     width: Optional[int] = None  # as annotated (original pixels)
     height: Optional[int] = None
-    annotations: tuple[dict, ...] = ()
+    annotation_source: Annotations = ()  # the annotations, or where the index cache keeps them
+
+    @property
+    def annotations(self) -> tuple[dict, ...]:
+        source = self.annotation_source
+        return source.load() if isinstance(source, LazyAnnotations) else source
 
 
 @dataclass
@@ -249,55 +255,66 @@ def _target_category_ids(config: Config, categories: list[dict], *, key: str, so
     return class_of_category
 
 
-def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitData:
-    """Read, index, select and validate one annotated split (training or validation)."""
-    paths = config.splits[name]
+def _scan_annotations(config: Config, name: str, annotations_path: Path) -> AnnotationScan:
+    """Parse, index and select one split's annotations and check each candidate's annotations (no file I/O
+    besides the JSON: this is the part the index cache keeps)."""
     annotations_key = _split_key(name, "annotations")
-    annotations_path = data_root / paths.annotations
-    images_dir = data_root / paths.images
     dataset = _read_annotations(annotations_path, key=annotations_key)
-    listing = _list_folder(images_dir, key=_split_key(name, "images"))
     coco = _index(dataset)
     category_names = {cid: c.get("name") for cid, c in coco.cats.items()}
     class_of_category = _target_category_ids(config, dataset["categories"], key=annotations_key,
                                              source=annotations_path)
-
     ignored = [f"annotation {a.get('id')} refers to image id {a.get('image_id')!r}, which is not in 'images'"
                for a in dataset["annotations"] if a.get("image_id") not in coco.imgs]
-    if ignored and config.on_bad_sample == "error":
-        raise DataError(f"{annotations_key}: {annotations_path}: {len(ignored)} annotation(s) refer to no image, "
-                        f"e.g. {ignored[0]}. Set on_bad_sample: skip to ignore (and list) them.")
-    for line in ignored:
-        logger.warning("%s: %s", annotations_path, line)
-
     with_class = {image_id for category_id in class_of_category for image_id in coco.catToImgs.get(category_id, ())
                   if image_id in coco.imgs}
     background_only = sorted(set(coco.imgs) - with_class)
     keep = sorted(with_class | set(_evenly_spaced(background_only, round(config.background_share * len(with_class)))))
+    candidates = []
+    for image_id in keep:
+        image = coco.imgs[image_id]
+        annotations = tuple(coco.imgToAnns.get(image_id, ()))
+        problem = next(filter(None, (_annotation_problem(a, image, category_names) for a in annotations)), None)
+        candidates.append(Candidate(image_id, str(image.get("file_name", "")), image.get("width"),
+                                    image.get("height"), problem, annotations))
+    return AnnotationScan(category_names, class_of_category, ignored, candidates, from_cache=False)
+
+
+def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitData:
+    """Select and validate one annotated split (training or validation); the annotation side comes from the
+    index cache when the file and the config are unchanged since it was built."""
+    paths = config.splits[name]
+    annotations_key = _split_key(name, "annotations")
+    annotations_path = data_root / paths.annotations
+    images_dir = data_root / paths.images
+    scan = cached_scan(config, annotations_path, lambda: _scan_annotations(config, name, annotations_path))
+    listing = _list_folder(images_dir, key=_split_key(name, "images"))
+    if scan.ignored and config.on_bad_sample == "error":
+        raise DataError(f"{annotations_key}: {annotations_path}: {len(scan.ignored)} annotation(s) refer to no "
+                        f"image, e.g. {scan.ignored[0]}. Set on_bad_sample: skip to ignore (and list) them.")
+    for line in scan.ignored:
+        logger.warning("%s: %s", annotations_path, line)
 
     records: dict[str, SampleRecord] = {}
     bad: list[BadSample] = []
-    for image_id in keep:
-        image = coco.imgs[image_id]
-        sample_id = str(image_id)
-        file_name = str(image.get("file_name", ""))
-        path, check = _check_file(images_dir, file_name, listing)
+    for candidate in scan.candidates:
+        sample_id = str(candidate.image_id)
+        path, check = _check_file(images_dir, candidate.file_name, listing)
         problem = check.problem
-        annotations = tuple(coco.imgToAnns.get(image_id, ()))
-        if problem is None and not (isinstance(image.get("width"), int) and isinstance(image.get("height"), int)):
+        image = {"width": candidate.width, "height": candidate.height}
+        if problem is None and not (isinstance(candidate.width, int) and isinstance(candidate.height, int)):
             problem = "image entry has no integer width/height"
         if problem is None:
             problem = _size_problem(check, image)
-        for annotation in annotations:
-            if problem is not None:
-                break
-            problem = _annotation_problem(annotation, image, category_names)
+        problem = problem or candidate.problem
         if problem is not None:
             bad.append(BadSample(sample_id, str(path), problem))
-        records[sample_id] = SampleRecord(sample_id=sample_id, path=path, image_id=image_id, width=image.get("width"),
-                                          height=image.get("height"), annotations=annotations)
-    split = SplitData(name=name, labeled=True, config=config, records=records, class_of_category=class_of_category,
-                      category_names=category_names, found=len(keep), ignored_annotations=ignored,
+        records[sample_id] = SampleRecord(sample_id=sample_id, path=path, image_id=candidate.image_id,
+                                          width=candidate.width, height=candidate.height,
+                                          annotation_source=candidate.annotations)
+    split = SplitData(name=name, labeled=True, config=config, records=records,
+                      class_of_category=scan.class_of_category, category_names=scan.category_names,
+                      found=len(scan.candidates), ignored_annotations=scan.ignored,
                       annotations_path=annotations_path, images_dir=images_dir)
     _settle(split, bad, source=str(annotations_path))
     return split

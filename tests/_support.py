@@ -12,6 +12,7 @@ os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader telemetry s
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Bad-sample reports of the tests go to a scratch folder, not the user's ~/.cache (subprocesses inherit this).
 os.environ.setdefault("COCO_SEG_REPORTS_DIR", tempfile.mkdtemp(prefix="coco-seg-test-reports-"))
+os.environ.setdefault("COCO_SEG_CACHE_DIR", tempfile.mkdtemp(prefix="coco-seg-test-cache-"))  # the index cache
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SAMPLE = REPO_ROOT.parent / "shared" / "coco_sample"
@@ -78,4 +79,5 @@ def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, An
 def subprocess_env(*, home: Optional[Path] = None, **extra: str) -> dict[str, str]:
     """A minimal, explicit environment for the CLI and binder subprocesses of the tests."""
     return {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin",
-            "HOME": str(home or Path.home()), "COCO_SEG_REPORTS_DIR": os.environ["COCO_SEG_REPORTS_DIR"], **extra}
+            "HOME": str(home or Path.home()), "COCO_SEG_REPORTS_DIR": os.environ["COCO_SEG_REPORTS_DIR"],
+            "COCO_SEG_CACHE_DIR": os.environ["COCO_SEG_CACHE_DIR"], **extra}

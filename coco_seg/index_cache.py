@@ -1,0 +1,149 @@
+"""The annotation side of preprocess — read, index, select, check annotations — computed once and cached.
+
+Algorithm: the first preprocess of a split parses the instances JSON, indexes it with pycocotools and derives the
+category names, the class map, the candidate images in order (id, file name, size, annotation problem) and each
+candidate's annotations. That is written under ``<cache dir>/index/<key>``: ``<key>.blob`` holds one JSON line of
+annotations per candidate and ``<key>.json`` everything else plus the byte offsets of those lines. The key hashes
+the annotation file's identity (resolved path, size, mtime) and every config value the selection depends on
+(label mode, classes, background_share) with the cache format version, so a changed file or config lands on a new
+key. Later runs read only the small JSON; a sample's annotations are read from the blob when the sample is
+decoded (one seek, one read, one ``json.loads``). Both files are written under temporary names and renamed into
+place, blob first, so a reader finds either no cache or a complete one; two processes building the same key at
+once each write a complete, identical cache and the last rename wins. Images are still checked on every run.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from coco_seg.config import Config
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CACHE_DIR_ENV_VAR = "COCO_SEG_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class LazyAnnotations:
+    """One image's annotations, read from the index blob on demand (plain data: picklable, no open file)."""
+
+    blob: Path
+    start: int
+    end: int
+
+    def load(self) -> tuple[dict, ...]:
+        with open(self.blob, "rb") as handle:
+            handle.seek(self.start)
+            return tuple(json.loads(handle.read(self.end - self.start)))
+
+
+Annotations = Union[tuple[dict, ...], LazyAnnotations]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    image_id: int
+    file_name: str
+    width: Any  # as the file says: an int normally, anything when the entry is broken (reported as a problem)
+    height: Any
+    problem: Optional[str]  # first annotation problem, None when all are usable
+    annotations: Annotations
+
+
+@dataclass(frozen=True)
+class AnnotationScan:
+    category_names: dict[int, str]
+    class_of_category: dict[int, int]
+    ignored: list[str]  # annotations that refer to no image
+    candidates: list[Candidate]
+    from_cache: bool
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV_VAR) or Path.home() / ".cache" / "coco-seg") / "index"
+
+
+def cache_key(config: Config, annotations_path: Path) -> str:
+    stat = annotations_path.stat()
+    identity = {"format": CACHE_FORMAT, "file": str(annotations_path.resolve()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns, "label_mode": config.label_mode,
+                "targets": [list(t.coco_names) for t in config.target_classes],
+                "background_share": config.background_share}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
+    index, blob = folder / f"{key}.json", folder / f"{key}.blob"
+    try:
+        payload = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if payload.get("format") != CACHE_FORMAT or not blob.is_file():
+        return None
+    candidates = [Candidate(image_id, file_name, width, height, problem, LazyAnnotations(blob, start, end))
+                  for image_id, file_name, width, height, problem, start, end in payload["candidates"]]
+    return AnnotationScan(category_names={int(k): v for k, v in payload["category_names"].items()},
+                          class_of_category={int(k): v for k, v in payload["class_of_category"].items()},
+                          ignored=payload["ignored"], candidates=candidates, from_cache=True)
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, mode) as stream:
+            write(stream)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> None:
+    blob = folder / f"{key}.blob"
+    offsets: list[tuple[int, int]] = []
+
+    def write_blob(stream) -> None:
+        position = 0
+        for candidate in scan.candidates:
+            line = json.dumps(list(candidate.annotations), separators=(",", ":")).encode() + b"\n"
+            stream.write(line)
+            offsets.append((position, position + len(line)))
+            position += len(line)
+
+    _write_atomically(blob, write_blob, "wb")
+    rows = [[c.image_id, c.file_name, c.width, c.height, c.problem, start, end]
+            for c, (start, end) in zip(scan.candidates, offsets)]
+    payload = {"format": CACHE_FORMAT, "category_names": scan.category_names,
+               "class_of_category": scan.class_of_category, "ignored": scan.ignored, "candidates": rows}
+    _write_atomically(folder / f"{key}.json", lambda stream: json.dump(payload, stream, separators=(",", ":")), "w")
+
+
+def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], AnnotationScan]) -> AnnotationScan:
+    """The scan of ``annotations_path`` for ``config``: from the cache when it holds one, else ``scan()``, stored.
+
+    A cache folder that cannot be written costs only the speed-up (a warning), never the run.
+    """
+    folder = cache_dir()
+    try:
+        key = cache_key(config, annotations_path)
+    except OSError:
+        return scan()  # the file is missing: let the scan raise its own clear error
+    cached = _read_cache(folder, key)
+    if cached is not None:
+        return cached
+    result = scan()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_cache(folder, key, result)
+    except OSError as error:
+        logger.warning("cannot write the preprocess index cache in %s (%s); the next run parses %s again",
+                       folder, error, annotations_path)
+    return result
+

@@ -1,0 +1,91 @@
+"""The preprocess index cache: same result as a fresh scan, invalidated by file and config changes, safe under
+concurrent builders, never fatal."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _support import REPO_ROOT, data_tree, subprocess_env, write_config
+from coco_seg import index_cache
+from coco_seg.coco_data import load_labeled_split
+from coco_seg.config import load_config
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(index_cache.CACHE_DIR_ENV_VAR, str(folder))
+    return folder / "index"
+
+
+def load(tmp_path: Path, tree: dict, name: str = "c.yaml"):
+    config = load_config(write_config(tmp_path, tree, name))
+    return load_labeled_split(config, "training", data_root=config.data_root)
+
+
+def snapshot(split) -> list[tuple]:
+    return [(r.sample_id, str(r.path), r.width, r.height, json.dumps(r.annotations, sort_keys=True))
+            for r in split.records.values()]
+
+
+def test_a_cached_load_equals_a_fresh_scan(tmp_path, private_cache, dataset, monkeypatch):
+    from coco_seg import coco_data
+
+    fresh = load(tmp_path, dataset)
+    assert len(list(private_cache.glob("*.json"))) == 1 and len(list(private_cache.glob("*.blob"))) == 1
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the annotation file was parsed again although the cache holds it")
+
+    monkeypatch.setattr(coco_data, "_scan_annotations", no_parsing)
+    cached = load(tmp_path, dataset)
+    assert snapshot(cached) == snapshot(fresh)
+    assert cached.class_of_category == fresh.class_of_category and cached.category_names == fresh.category_names
+    assert (cached.found, cached.ignored_annotations) == (fresh.found, fresh.ignored_annotations)
+
+
+def test_a_changed_annotation_file_or_config_is_not_served_from_the_cache(tmp_path, private_cache, generated_root):
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    before = load(tmp_path, data_tree(root))
+    path = root / "annotations" / "instances_train2017.json"
+    dataset = json.loads(path.read_text())
+    dropped = before.sample_ids[0]
+    dataset["annotations"] = [a for a in dataset["annotations"] if str(a["image_id"]) != dropped]
+    path.write_text(json.dumps(dataset))
+    after = load(tmp_path, data_tree(root))
+    assert dropped not in after.records and len(after.records) == len(before.records) - 1
+    supercategory = load(tmp_path, data_tree(root) | {"labels": {"mode": "supercategory"}}, "s.yaml")
+    assert supercategory.class_of_category != after.class_of_category
+    assert len(list(private_cache.glob("*.json"))) == 3
+
+
+def test_two_processes_building_the_cache_at_once_both_succeed(tmp_path, private_cache, generated_root):
+    config = write_config(tmp_path, data_tree(generated_root))
+    code = ("import sys; from coco_seg.config import load_config; from coco_seg.coco_data import load_labeled_split; "
+            "c = load_config(sys.argv[1]); print(' '.join(load_labeled_split(c, 'training', "
+            "data_root=c.data_root).sample_ids))")
+    env = subprocess_env(COCO_SEG_CACHE_DIR=str(private_cache.parent))
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(config)], cwd=REPO_ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err for _, err in outputs]
+    assert len({out for out, _ in outputs}) == 1
+    (index,) = private_cache.glob("*.json")
+    payload = json.loads(index.read_text())
+    lines = index.with_suffix(".blob").read_bytes().splitlines()
+    assert len(lines) == len(payload["candidates"]) and not list(private_cache.glob(".*"))  # no temp files left
+    expected = load(tmp_path, data_tree(generated_root))
+    assert outputs[0][0].split() == expected.sample_ids
+
+
+def test_an_unwritable_cache_costs_only_the_speed_up(tmp_path, monkeypatch, generated_root, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(index_cache.CACHE_DIR_ENV_VAR, str(blocker))
+    split = load(tmp_path, data_tree(generated_root))
+    assert split.sample_ids and "cannot write the preprocess index cache" in caplog.text
