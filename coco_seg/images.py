@@ -23,8 +23,14 @@ class ImageDecodeError(ValueError):
     """An image file is missing, empty, truncated or not an image."""
 
 
-def decode_rgb(path: Path) -> np.ndarray:
-    """Read ``path`` and return an (H, W, 3) uint8 RGB array."""
+def decode_rgb(path: Path, *, size: Optional[int] = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read ``path``; return an RGB uint8 array — (H, W, 3), or (size, size, 3) when ``size`` is given — and the
+    file's own (width, height).
+
+    With ``size``, the decoded pixels are resized (INTER_AREA: averages source pixels, the right filter to shrink
+    a photo) *before* the colour conversion, which then runs on the small image only; channel reordering and
+    gray → RGB commute with resizing, so the result is the same.
+    """
     try:
         encoded = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
@@ -34,7 +40,12 @@ def decode_rgb(path: Path) -> np.ndarray:
     image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"image file {path} cannot be decoded (corrupt or not an image)")
-    return to_rgb_uint8(image, source=path)
+    height, width = image.shape[:2]
+    if image.dtype == np.uint16:  # to 8 bits before resizing, so the rounding matches the full-size path
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if size is not None:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return to_rgb_uint8(image, source=path), (width, height)
 
 
 def to_rgb_uint8(image: np.ndarray, *, source: object = "image") -> np.ndarray:

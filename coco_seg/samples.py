@@ -63,22 +63,20 @@ def _where(record: SampleRecord, split: SplitData) -> str:
 def _decode(record: SampleRecord, split: SplitData) -> DecodedSample:
     config = split.config
     where = _where(record, split)
+    size = config.image_size
     try:
-        original = decode_rgb(record.path)
+        image, (width, height) = decode_rgb(record.path, size=size)
     except ImageDecodeError as error:
         raise SampleError(f"{where}: {error}") from None
-    height, width = original.shape[:2]
-    size = config.image_size
-    # INTER_AREA averages source pixels: the right filter when shrinking a photo to the model size.
-    image = cv2.resize(original, (size, size), interpolation=cv2.INTER_AREA)
     metadata = image_metadata(image, width=width, height=height)
     mask = None
     if split.labeled:
         if (width, height) != (record.width, record.height):
             raise SampleError(f"{where}: the file is {width}x{height} but the annotation file says "
                               f"{record.width}x{record.height} (width x height); masks would not line up")
+        annotations = record.annotations  # read once: with the index cache this is a read from disk
         try:
-            unions = class_unions(record.annotations, height=height, width=width,
+            unions = class_unions(annotations, height=height, width=width,
                                   class_of_category=split.class_of_category)
         except AnnotationError as error:
             raise SampleError(f"{where}: {error}") from None
@@ -87,7 +85,7 @@ def _decode(record: SampleRecord, split: SplitData) -> DecodedSample:
         mask = paint(unions, height=height, width=width, num_target_classes=targets, out_size=size)
         counts = class_pixel_counts(unions, height=height, width=width, num_target_classes=targets)
         metadata |= mask_metadata(counts, class_names=config.class_names)
-        metadata |= annotation_metadata(record.annotations, category_names=split.category_names,
+        metadata |= annotation_metadata(annotations, category_names=split.category_names,
                                         target_classes=config.target_classes, image_area=width * height)
     else:
         metadata |= mask_metadata(None, class_names=config.class_names)

@@ -170,20 +170,37 @@ def test_decode_handles_gray_alpha_16bit_and_cmyk(tmp_path):
     rgb = np.zeros((8, 10, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
     cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])
-    np.testing.assert_array_equal(decode_rgb(tmp_path / "rgb.png"), rgb)
+    decoded, size = decode_rgb(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(decoded, rgb)
+    assert size == (10, 8)  # (width, height) of the file
     cv2.imwrite(str(tmp_path / "gray.jpg"), np.full((8, 10), 77, np.uint8))
-    gray = decode_rgb(tmp_path / "gray.jpg")
+    gray = decode_rgb(tmp_path / "gray.jpg")[0]
     assert gray.shape == (8, 10, 3) and (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     bgra = np.dstack([rgb[..., ::-1], np.full((8, 10), 9, np.uint8)])
     cv2.imwrite(str(tmp_path / "alpha.png"), bgra)
-    np.testing.assert_array_equal(decode_rgb(tmp_path / "alpha.png"), rgb)
+    np.testing.assert_array_equal(decode_rgb(tmp_path / "alpha.png")[0], rgb)
     cv2.imwrite(str(tmp_path / "deep.png"), (rgb[..., ::-1].astype(np.uint16) * 257))
-    np.testing.assert_array_equal(decode_rgb(tmp_path / "deep.png"), rgb)
+    np.testing.assert_array_equal(decode_rgb(tmp_path / "deep.png")[0], rgb)
     pil = pytest.importorskip("PIL.Image", reason="Pillow writes the CMYK JPEG fixture")
     pil.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
-    cmyk = decode_rgb(tmp_path / "cmyk.jpg")
+    cmyk = decode_rgb(tmp_path / "cmyk.jpg")[0]
     assert cmyk.shape == (8, 10, 3) and cmyk.dtype == np.uint8
     assert np.abs(cmyk.astype(int) - rgb).max() < 12
+
+
+def test_resizing_before_the_colour_conversion_changes_nothing(tmp_path):
+    """decode_rgb(size=S) converts colour after resizing (cheaper); it must equal converting first."""
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "color.png"), bgr)
+    cv2.imwrite(str(tmp_path / "gray.png"), bgr[..., 0])
+    cv2.imwrite(str(tmp_path / "alpha.png"), np.dstack([bgr, bgr[..., :1]]))
+    cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257 + 3)
+    for name in ("color.png", "gray.png", "alpha.png", "deep.png"):
+        full, size = decode_rgb(tmp_path / name)
+        small, same_size = decode_rgb(tmp_path / name, size=32)
+        assert size == same_size == (80, 60)
+        np.testing.assert_array_equal(small, cv2.resize(full, (32, 32), interpolation=cv2.INTER_AREA), err_msg=name)
 
 
 def test_decode_errors_name_the_file(tmp_path):
