@@ -32,6 +32,10 @@ Policies
 * **Ground truth** must be finite and one-hot (values 0 or 1, at most one 1 per pixel), else ``ValueError``.
 """
 
+import math
+from typing import NamedTuple
+
+import cv2
 import numpy as np
 
 __all__ = [
@@ -53,8 +57,6 @@ DEFAULT_EPS = 1e-7
 
 _ATOL_FLOAT16 = 1e-2
 _ATOL_DEFAULT = 1e-3
-_IGNORED = -1  # ground-truth label of a pixel whose one-hot is all zeros
-_INVALID = -1  # predicted label of a pixel whose prediction holds NaN/Inf
 _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 
 
@@ -62,6 +64,8 @@ _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 
 def _as_real_array(array, name: str) -> np.ndarray:
     array = np.asarray(array)
+    if array.dtype.kind in "fiub":  # the common case, without the (slower) issubdtype walk
+        return array
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
             or array.dtype == np.bool_):
         raise ValueError(f"{name} must be a real numeric array; got dtype {array.dtype}")
@@ -79,6 +83,7 @@ def _check_prediction(prediction) -> np.ndarray:
 
 
 def _check_pair(ground_truth, prediction) -> tuple[np.ndarray, np.ndarray]:
+    """Types and shapes of a (ground truth, prediction) pair."""
     ground_truth = _as_real_array(ground_truth, "ground_truth")
     prediction = _as_real_array(prediction, "prediction")
     for name, array in (("ground_truth", ground_truth), ("prediction", prediction)):
@@ -92,49 +97,209 @@ def _check_pair(ground_truth, prediction) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"ground_truth and prediction must have K >= 2 classes (background + at least one "
                          f"class) on their last axis; got ground_truth {ground_truth.shape} and prediction "
                          f"{prediction.shape}")
-    gt = ground_truth.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(gt)):
-        raise ValueError(f"ground_truth must be finite one-hot; it holds NaN or Inf (shape {ground_truth.shape})")
-    if not np.all((gt == 0) | (gt == 1)):
-        bad = np.unique(gt[(gt != 0) & (gt != 1)])[:5]
-        raise ValueError(f"ground_truth must be one-hot (values 0 or 1); found values {bad.tolist()} "
-                         f"(shape {ground_truth.shape})")
-    if np.any(gt.sum(axis=-1) > 1):
-        raise ValueError(f"ground_truth must be one-hot: some pixels have more than one class set "
-                         f"(shape {ground_truth.shape})")
-    return gt, prediction
+    return ground_truth, prediction  # the values of the ground truth are checked by _ground_truth_masks
 
 
 # ------------------------------------------------------------------------------------------------- internals
+#
+# Speed. One sample is (1, S, S, K) with K small, and numpy is slow at reductions and argmax over a short last axis
+# and at any float16 arithmetic. So each array is de-interleaved once into K contiguous (N*S, S) "planes" (cv2.split,
+# one pass) and all per-pixel work is elementwise plane operations, float16 ones in OpenCV (compare, max,
+# subtract-to-float32), which vectorises them natively. Pixel sets are uint8 masks, 255 = in the set (cv2.compare's
+# convention, so ~mask is the complement), combined with bitwise ops and tallied with cv2.reduce. Each public
+# function validates and de-interleaves its inputs exactly once (_prepare_pair); an all-finite prediction, the common
+# case, is recognised from one sum without any per-pixel finiteness work.
 
-def _gt_labels(gt: np.ndarray) -> np.ndarray:
-    """(N, S, S, K) validated one-hot → (N, S, S) int64 labels, ``_IGNORED`` where the one-hot is all zeros."""
-    labels = np.argmax(gt, axis=-1).astype(np.int64)
-    labels[gt.max(axis=-1) == 0] = _IGNORED
+_FAST_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))  # handled natively; other dtypes become float32
+_ONE_BITS = {np.dtype(np.float16): (np.uint16, 0x3C00), np.dtype(np.float32): (np.uint32, 0x3F800000)}  # 1.0
+_SIGNED_VIEW = {np.dtype(np.float16): np.int16, np.dtype(np.float32): np.int32}  # same-size types cv2 counts
+_CV_MAX_CHANNELS = 128  # CV_CN_MAX of OpenCV 5: cv2 reads a wider last axis as a plain dimension
+_MAX_INT32_MASK_SUM = (2**31 - 1) // 255  # pixels whose 255s an int32 sum holds
+
+
+class _Pair(NamedTuple):
+    """A validated (ground truth, prediction) batch as class planes: (N*S, S) arrays, sample i in rows i*S..."""
+
+    n: int                          # samples
+    k: int                          # classes
+    masks: np.ndarray               # (3, K, N*S, S): [0] the ground-truth class masks; [1] and [2] room for the
+                                    # predicted and true-positive masks of _class_counts, so one call tallies all
+    labelled: np.ndarray            # mask: where the ground-truth pixel is labelled (not all zeros)
+    all_labelled: bool              # no ground-truth pixel is ignored
+    scores: np.ndarray              # (K, N*S, S) float16/float32 prediction planes, zeroed at invalid pixels
+    invalid: np.ndarray | None      # mask: where the prediction holds NaN/Inf; None when there is no such pixel
+
+    @property
+    def gt_masks(self) -> np.ndarray:
+        """(K, N*S, S) masks: where the ground truth is each class."""
+        return self.masks[0]
+
+
+def _split(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Contiguous (N, S, S, K) → (K, N*S, S): one contiguous plane per class (into ``out`` if given)."""
+    n, h, w, k = x.shape
+    planes = np.empty((k, n * h, w), x.dtype) if out is None else out
+    if x.size and k <= _CV_MAX_CHANNELS and (x.dtype in _FAST_DTYPES or x.dtype == np.uint8):
+        # into our own planes (same shape and type, so cv2 writes in place): half the time of letting it allocate
+        cv2.split(x.reshape(n * h, w, k), list(planes))
+    else:
+        planes[...] = np.moveaxis(x.reshape(n * h, w, k), -1, 0)
+    return planes
+
+
+def _counts(masks: np.ndarray, n: int) -> np.ndarray:
+    """(M, n) int64: set pixels of each sample in each of M (M, n*S, S) masks (255 = set)."""
+    m = len(masks)
+    if not masks.size:
+        return np.zeros((m, n), np.int64)
+    rows = masks.reshape(m * n, masks.size // (m * n))  # one row per (mask, sample)
+    if rows.shape[1] > _MAX_INT32_MASK_SUM:
+        return np.count_nonzero(rows, axis=1).reshape(m, n).astype(np.int64)
+    # all rows summed in one call: np.count_nonzero along an axis is ~20x slower, a countNonZero per row ~2x
+    sums = cv2.reduce(rows, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+    return (sums // 255).astype(np.int64).reshape(m, n)
+
+
+def _sample_rows(n: int, rows: int) -> list[slice]:
+    """The row slice of each of n samples in a (rows, S) plane."""
+    step = rows // n if n else 0
+    return [slice(i * step, (i + 1) * step) for i in range(n)]
+
+
+def _check_ground_truth_values(gt: np.ndarray, shape: tuple) -> None:
+    """The plain, descriptive check; run only when the fast one in _ground_truth_masks cannot vouch for the values
+    (which it may also do for a valid ground truth holding -0)."""
+    if not np.all(np.isfinite(gt)):
+        raise ValueError(f"ground_truth must be finite one-hot; it holds NaN or Inf (shape {shape})")
+    if not np.all((gt == 0) | (gt == 1)):
+        bad = np.unique(gt[(gt != 0) & (gt != 1)])[:5]
+        raise ValueError(f"ground_truth must be one-hot (values 0 or 1); found values {bad.tolist()} "
+                         f"(shape {shape})")
+    if np.any(gt.sum(axis=-1) > 1):
+        raise ValueError(f"ground_truth must be one-hot: some pixels have more than one class set (shape {shape})")
+
+
+def _ground_truth_masks(ground_truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate a (N, S, S, K) one-hot ground truth; return its class masks (in [0] of a (3, K, N*S, S) array, see
+    _Pair), its labelled-pixel mask and whether every pixel is labelled."""
+    gt = np.ascontiguousarray(ground_truth if ground_truth.dtype in _FAST_DTYPES else ground_truth.astype(np.float32))
+    n, h, w, k = gt.shape
+    masks = np.empty((3, k, n * h, w), np.uint8)
+    if not gt.size:
+        return masks, np.zeros((n * h, w), np.uint8), True
+    flat = gt.reshape(n * h, w * k)
+    bits, one = _ONE_BITS[gt.dtype]
+    ones = (flat.view(bits) == one).view(np.uint8)  # exactly 1.0 has a single bit pattern (an integer compare)
+    np.negative(ones, out=ones)  # 1 → 255
+    _split(ones.reshape(n, h, w, k), out=masks[0])
+    gt_masks = masks[0]
+    labelled = gt_masks[0] | gt_masks[1]
+    for mask in gt_masks[2:]:
+        labelled |= mask
+    # Finite one-hot ⟺ every non-zero value is exactly 1 (rules out NaN, Inf and any other value) and no pixel holds
+    # two of them (then the labelled pixels are exactly as many as the ones). The non-zero values are counted on the
+    # bit patterns (much faster than on float32), where -0 counts too: a -0 sends us to the plain check.
+    n_ones, n_labelled = cv2.countNonZero(ones), cv2.countNonZero(labelled)
+    if cv2.countNonZero(flat.view(_SIGNED_VIEW[gt.dtype])) != n_ones or n_labelled != n_ones:
+        _check_ground_truth_values(gt, ground_truth.shape)
+    return masks, labelled, n_labelled == labelled.size
+
+
+def _float32_scores(prediction: np.ndarray) -> np.ndarray:
+    """A prediction of another dtype as float32: integers as they round, wider floats clipped to the float32 range
+    (so a finite value stays finite), non-finite values as NaN."""
+    if prediction.dtype.kind != "f":
+        return prediction.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = prediction.astype(np.float64)
+        scores = np.clip(wide, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
+    scores[~np.isfinite(wide)] = np.nan
+    return scores
+
+
+def _score_planes(prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(K, N*S, S) class planes of a (N, S, S, K) prediction (float16 kept as is) and its invalid-pixel mask.
+
+    Invalid pixels (any NaN/Inf in the vector) are zeroed in every plane, so later plane arithmetic sees finite
+    values only. The mask is None when every value is finite, which one float64 sum tells: it is finite exactly
+    when no value is NaN or ±Inf (a float64 sum of float16/float32 values cannot overflow).
+    """
+    prediction = np.ascontiguousarray(prediction if prediction.dtype in _FAST_DTYPES else _float32_scores(prediction))
+    n, h, w, k = prediction.shape
+    planes = _split(prediction)
+    if not prediction.size or math.isfinite(cv2.sumElems(prediction.reshape(n * h, w * k))[0]):
+        return planes, None
+    invalid = ~np.isfinite(planes).all(axis=0)
+    planes[:, invalid] = 0
+    return planes, invalid.view(np.uint8) * np.uint8(255)
+
+
+def _prepare_pair(ground_truth, prediction) -> _Pair:
+    """Validate a (ground truth, prediction) batch and de-interleave both, once per public call."""
+    ground_truth, prediction = _check_pair(ground_truth, prediction)
+    masks, labelled, all_labelled = _ground_truth_masks(ground_truth)
+    scores, invalid = _score_planes(prediction)
+    return _Pair(ground_truth.shape[0], ground_truth.shape[-1], masks, labelled, all_labelled, scores, invalid)
+
+
+def _argmax_masks(scores: np.ndarray, invalid: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+    """(K, N*S, S) masks (into ``out`` if given): where each class is the argmax of the scores (the first maximum,
+    as np.argmax); no class is set at invalid pixels."""
+    k = len(scores)
+    masks = np.empty(scores.shape, np.uint8) if out is None else out
+    if k == 1 or not masks.size:
+        masks.fill(255 if k == 1 else 0)
+    else:
+        best = scores[0]
+        for c in range(1, k):  # masks[c] first holds "c is strictly above every earlier class"
+            cv2.compare(scores[c], best, cv2.CMP_GT, dst=masks[c])
+            if c + 1 < k:
+                best = cv2.max(best, scores[c])
+        # c is the first maximum where it is above every earlier class and no later class is above all of its own
+        # predecessors (a later class above c would be the first to be).
+        later = masks[k - 1]
+        for c in range(k - 2, 0, -1):
+            wider = later | masks[c]
+            masks[c] &= ~later
+            later = wider
+        np.bitwise_not(later, out=masks[0])
+    if invalid is not None:
+        masks &= ~invalid
+    return masks
+
+
+def _mask_labels(masks: np.ndarray) -> np.ndarray:
+    """uint8 index of the set mask of each pixel, from at most 256 disjoint class masks; 0 where none is set."""
+    labels = np.zeros(masks.shape[1:], np.uint8)
+    for c in range(1, len(masks)):
+        labels |= masks[c] & np.uint8(c)  # 255 & c = c
     return labels
 
 
-def _finite_pixels(prediction: np.ndarray) -> np.ndarray:
-    """(N, S, S) bool: the prediction vector of the pixel is entirely finite."""
-    if not np.issubdtype(prediction.dtype, np.floating):
-        return np.ones(prediction.shape[:-1], dtype=bool)
-    return np.all(np.isfinite(prediction), axis=-1)
-
-
-def _predicted_labels(prediction: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """(N, S, S) int64 argmax of the raw prediction (= argmax of its softmax), ``_INVALID`` at non-finite pixels."""
-    scores = np.where(finite[..., None], prediction.astype(np.float32, copy=False), np.float32(0))
-    labels = np.argmax(scores, axis=-1).astype(np.int64)
-    labels[~finite] = _INVALID
+def _argmax_labels(scores: np.ndarray) -> np.ndarray:
+    """(N*S, S) uint8 argmax of at most 256 class planes: the first maximum, as np.argmax (what _argmax_masks
+    marks, as labels, in fewer operations)."""
+    labels = np.zeros(scores.shape[1:], np.uint8)
+    if not labels.size:
+        return labels
+    best = scores[0]
+    for c in range(1, len(scores)):
+        above = cv2.compare(scores[c], best, cv2.CMP_GT)  # strictly above every earlier class: ties keep the first
+        np.maximum(labels, above & np.uint8(c), out=labels)  # c only grows: the last class above all earlier wins
+        if c + 1 < len(scores):
+            best = cv2.max(best, scores[c])
     return labels
 
 
-def _probability_samples(x: np.ndarray, finite: np.ndarray, atol: float) -> np.ndarray:
-    """(N,) bool: the sample's finite pixels all look like probability vectors (values in [0, 1], sum ≈ 1)."""
-    in_range = ((x >= 0) & (x <= 1)) | ~finite[..., None]
-    with np.errstate(invalid="ignore", over="ignore"):
-        sums_ok = (np.abs(x.sum(axis=-1) - 1) <= atol) | ~finite
-    return in_range.all(axis=(1, 2, 3)) & sums_ok.all(axis=(1, 2))
+def _class_counts(pair: _Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) int64 true positives, ground-truth pixels and predicted pixels (over labelled pixels) per class."""
+    k, masks = pair.k, pair.masks
+    predicted = _argmax_masks(pair.scores, pair.invalid, out=masks[1])
+    if not pair.all_labelled:
+        predicted &= pair.labelled
+    np.bitwise_and(masks[0], predicted, out=masks[2])
+    in_gt, predicted, tp = _counts(masks.reshape(3 * k, *masks.shape[2:]), pair.n).reshape(3, k, pair.n)
+    return tp.T, in_gt.T, predicted.T
 
 
 def _default_atol(prediction: np.ndarray, atol: float | None) -> float:
@@ -143,35 +308,161 @@ def _default_atol(prediction: np.ndarray, atol: float | None) -> float:
     return _ATOL_FLOAT16 if prediction.dtype == np.float16 else _ATOL_DEFAULT
 
 
-def _shifted_logits(x: np.ndarray) -> np.ndarray:
-    """x - max(x) over the class axis, floored at -float32 max (finite even for logits spanning > 3.4e38)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        shifted = x - x.max(axis=-1, keepdims=True)
-    return np.maximum(shifted, -_FLOAT32_MAX)
+def _float32(planes: np.ndarray) -> np.ndarray:
+    """(K, R, S) planes as float32 (a copy)."""
+    k, rows, w = planes.shape
+    return cv2.add(planes.reshape(k * rows, w), 0.0, dtype=cv2.CV_32F).reshape(k, rows, w)
 
 
-def _prepare_prediction(prediction: np.ndarray, atol: float | None):
-    """float32 copy with non-finite pixels zeroed, the finite-pixel mask and the per-sample probability flags."""
-    finite = _finite_pixels(prediction)
-    x = np.where(finite[..., None], prediction.astype(np.float32, copy=False), np.float32(0))
-    is_prob = _probability_samples(x, finite, _default_atol(prediction, atol))
-    return x, finite, is_prob
+def _plane_sum(planes: np.ndarray) -> np.ndarray:
+    """float32 sum of the planes, added in class order (as numpy sums a short last axis)."""
+    total = cv2.add(planes[0], planes[1], dtype=cv2.CV_32F)
+    for plane in planes[2:]:
+        total = cv2.add(total, plane, dtype=cv2.CV_32F)
+    return total
 
 
-def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator in float32, NaN where the denominator is 0 (no warning)."""
-    numerator = numerator.astype(np.float32)
-    denominator = denominator.astype(np.float32)
-    out = np.full(np.broadcast_shapes(numerator.shape, denominator.shape), np.nan, dtype=np.float32)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+def _plane_max(planes: np.ndarray) -> np.ndarray:
+    """Elementwise max over the planes, in their dtype."""
+    top = planes[0]
+    for plane in planes[1:]:
+        top = cv2.max(top, plane)
+    return top
 
 
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
-    """(N, K) → (N,) mean over the non-NaN entries of each row; NaN for an all-NaN row (no warning)."""
-    defined = ~np.isnan(values)
-    total = np.where(defined, values, 0).sum(axis=1, dtype=np.float64)
-    return _safe_ratio(total, defined.sum(axis=1))
+def _probability_samples(scores: np.ndarray, invalid: np.ndarray | None, top: np.ndarray, n: int,
+                         atol: float) -> list[bool]:
+    """Per sample: its valid pixels all look like probability vectors (values in [0, 1], sum within atol of 1).
+
+    The max over the classes (``top``) settles most logits at once; the min and the channel sums only when needed.
+    """
+    flags = []
+    for rows in _sample_rows(n, top.shape[0]):
+        if cv2.minMaxLoc(top[rows])[1] > 1:
+            flags.append(False)
+            continue
+        if n == 1:  # the planes of one sample are one contiguous block: one call finds their minimum
+            low = cv2.minMaxLoc(scores.reshape(-1, scores.shape[-1]))[0]
+        else:
+            low = min(cv2.minMaxLoc(plane[rows])[0] for plane in scores)
+        if low < 0:
+            flags.append(False)
+            continue
+        total = _plane_sum([plane[rows] for plane in scores])
+        if invalid is not None:
+            total[invalid[rows] != 0] = 1  # invalid pixels take no part in the test
+        low, high = cv2.minMaxLoc(total)[:2]
+        # max |sum - 1| in float32, as numpy evaluates np.abs(sums - 1) <= atol on float32 sums
+        off = max(np.float32(high) - np.float32(1), np.float32(1) - np.float32(low))
+        flags.append(bool(off <= np.float32(atol)))
+    return flags
+
+
+def _by_sample(n: int, flags: list[bool], when_true, when_false) -> np.ndarray:
+    """(..., N*S, S) planes from ``when_true()`` for the flagged samples and from ``when_false()`` for the others."""
+    if all(flags):
+        return when_true()
+    if not any(flags):
+        return when_false()
+    chosen, other = when_true(), when_false()
+    for rows, flag in zip(_sample_rows(n, chosen.shape[-2]), flags):
+        if not flag:
+            chosen[..., rows, :] = other[..., rows, :]
+    return chosen
+
+
+def _shifted_logits(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(K, R, S) float32 x - max(x): exact for float16 input, <= 0, and -inf for a span beyond float32."""
+    k, rows, w = scores.shape
+    tops = np.empty_like(scores)
+    tops[:] = top  # one subtraction over all K planes costs about half of K separate ones
+    return cv2.subtract(scores.reshape(k * rows, w), tops.reshape(k * rows, w), dtype=cv2.CV_32F).reshape(k, rows, w)
+
+
+def _exp(planes: np.ndarray) -> np.ndarray:
+    """exp of (K, R, S) float32 planes, in place, in one OpenCV call."""
+    k, rows, w = planes.shape
+    cv2.exp(planes.reshape(k * rows, w), dst=planes.reshape(k * rows, w))
+    return planes
+
+
+def _probability_planes(scores: np.ndarray, invalid: np.ndarray | None, n: int, atol: float) -> np.ndarray:
+    """(K, N*S, S) float32 probabilities: per sample the renormalised probabilities or the softmax of the logits;
+    0 at invalid pixels."""
+    top = _plane_max(scores)
+
+    def normalised() -> np.ndarray:
+        planes = _float32(scores)
+        total = _plane_sum(planes)
+        return np.divide(planes, total, out=np.zeros_like(planes), where=total > 0)
+
+    def softmax() -> np.ndarray:
+        exps = _exp(_shifted_logits(scores, top))  # exp(x - max) cannot overflow; exp(-inf) = 0
+        return np.divide(exps, _plane_sum(exps), out=exps)
+
+    planes = _by_sample(n, _probability_samples(scores, invalid, top, n, atol), normalised, softmax)
+    if invalid is not None:
+        planes[:, invalid != 0] = 0
+    return planes
+
+
+def _pixel_loss(pair: _Pair, eps: float, atol: float) -> np.ndarray:
+    """(N*S, S) float32 per-pixel cross-entropy of a prepared, non-empty pair (see pixel_cross_entropy)."""
+    scores, gt_masks = pair.scores, pair.gt_masks
+    top = _plane_max(scores)
+
+    def from_probabilities() -> np.ndarray:
+        planes = _float32(scores)
+        p_true = np.zeros_like(planes[0])
+        for plane, mask in zip(planes, gt_masks):
+            cv2.copyTo(plane, mask, p_true)
+        total = _plane_sum(planes)
+        p_true = np.divide(p_true, total, out=np.zeros_like(p_true), where=total > 0)
+        return -np.log(np.clip(p_true, np.float32(eps), np.float32(1)))
+
+    def from_logits() -> np.ndarray:
+        # -log softmax(x)[gt] = log Σ_c exp(x_c - max) - (x_gt - max). The max term of the sum is exactly 1, so the
+        # sum is 1 + rest and log1p(rest) keeps the tiny loss of a confident correct pixel accurate (log of 1 + 9e-5
+        # in float32 would lose 3 digits). rest, the sum of all terms but one maximal one, is built without ever
+        # adding that 1: the largest term so far is kept aside, and the smaller of it and the next term is added.
+        shifted = _shifted_logits(scores, top)
+        shifted_true = np.zeros_like(shifted[0])
+        for s, mask in zip(shifted, gt_masks):
+            cv2.copyTo(s, mask, shifted_true)
+        terms = _exp(shifted)
+        kept, rest = terms[0], None
+        for c in range(1, len(terms)):
+            smaller = np.minimum(kept, terms[c])
+            rest = smaller if rest is None else np.add(rest, smaller, out=rest)
+            if c + 1 < len(terms):
+                kept = np.maximum(kept, terms[c])
+        loss = np.log1p(rest, out=rest)
+        loss -= shifted_true  # >= 0: both parts are
+        if top.dtype != np.float16:
+            np.minimum(loss, _FLOAT32_MAX, out=loss)  # a span beyond float32 gave +inf
+        return loss
+
+    flags = _probability_samples(scores, pair.invalid, top, pair.n, atol)
+    loss = _by_sample(pair.n, flags, from_probabilities, from_logits)
+    if pair.invalid is not None:
+        loss[pair.invalid != 0] = np.float32(-np.log(eps))
+    if not pair.all_labelled:
+        loss = cv2.copyTo(loss, pair.labelled, np.zeros_like(loss))  # ignored pixels: 0
+    return loss
+
+
+def _safe_ratio(numerator, denominator) -> np.ndarray:
+    """numerator / denominator in float32, NaN where both are 0 (numerator is 0 wherever denominator is)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(numerator, dtype=np.float32) / np.asarray(denominator, dtype=np.float32)
+
+
+def _ratio_means(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """(N, K) int counts → (N,): mean of the defined per-class ratios (denominator > 0) of each row, NaN if none is
+    (``np.nanmean`` of _safe_ratio's result: the same float32 ratios, summed in float64). numerator is 0 wherever
+    denominator is."""
+    ratios = numerator.astype(np.float32) / np.maximum(denominator, 1).astype(np.float32)  # 0 where undefined
+    return _safe_ratio(ratios.sum(axis=1, dtype=np.float64), (denominator > 0).sum(axis=1))
 
 
 # ------------------------------------------------------------------------------------------------ public API
@@ -195,17 +486,18 @@ def to_probabilities(prediction: np.ndarray, *, atol: float | None = None) -> np
         ValueError: ``prediction`` is not a 4-D real array with K >= 2.
     """
     prediction = _check_prediction(prediction)
-    x, finite, is_prob = _prepare_prediction(prediction, atol)
-    probabilities = np.empty_like(x)
-    if is_prob.any():
-        p = x[is_prob]
-        sums = p.sum(axis=-1, keepdims=True)
-        probabilities[is_prob] = np.divide(p, sums, out=np.zeros_like(p), where=sums > 0)
-    if (~is_prob).any():
-        e = np.exp(_shifted_logits(x[~is_prob]))
-        probabilities[~is_prob] = e / e.sum(axis=-1, keepdims=True)
-    probabilities[~finite] = 0
-    return probabilities
+    n, h, w, k = prediction.shape
+    planes = _probabilities(prediction, atol)
+    return np.ascontiguousarray(np.moveaxis(planes.reshape(k, n, h, w), 0, -1))
+
+
+def _probabilities(prediction: np.ndarray, atol: float | None) -> np.ndarray:
+    """(K, N*S, S) float32 class-first probabilities of a checked (N, S, S, K) prediction (see to_probabilities)."""
+    n, h, w, k = prediction.shape
+    if not prediction.size:
+        return np.zeros((k, n * h, w), np.float32)
+    scores, invalid = _score_planes(prediction)
+    return _probability_planes(scores, invalid, n, _default_atol(prediction, atol))
 
 
 def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,20 +515,8 @@ def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[
     Raises:
         ValueError: bad shapes (not 4-D, different shapes, K < 2) or a ground truth that is not finite one-hot.
     """
-    gt, prediction = _check_pair(ground_truth, prediction)
-    n, k = gt.shape[0], gt.shape[-1]
-    gt_labels = _gt_labels(gt)
-    pred_labels = _predicted_labels(prediction, _finite_pixels(prediction))
-    offset = (np.arange(n, dtype=np.int64) * k)[:, None, None]
-    labelled = gt_labels != _IGNORED
-    hit = labelled & (pred_labels == gt_labels)
-    miss = labelled & ~hit
-    false_pos = miss & (pred_labels != _INVALID)
-
-    def tally(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return np.bincount((labels + offset)[mask], minlength=n * k).astype(np.int64).reshape(n, k)
-
-    return tally(hit, gt_labels), tally(false_pos, pred_labels), tally(miss, gt_labels)
+    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
+    return tp, predicted - tp, in_gt - tp
 
 
 def iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -250,8 +530,8 @@ def iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarra
         (N, K) float32 ``TP / (TP + FP + FN)``; NaN for a class absent from both the ground truth and the
         prediction of that sample (undefined, see the module policies).
     """
-    tp, fp, fn = confusion_counts(ground_truth, prediction)
-    return _safe_ratio(tp, tp + fp + fn)
+    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
+    return _safe_ratio(tp, in_gt + predicted - tp)  # TP + FP + FN
 
 
 def mean_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -264,7 +544,8 @@ def mean_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     Returns:
         (N,) float32; finite for every sample with at least one labelled pixel, NaN for a fully ignored one.
     """
-    return _nanmean_rows(iou_per_class(ground_truth, prediction))
+    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
+    return _ratio_means(tp, in_gt + predicted - tp)
 
 
 def dice_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -278,8 +559,8 @@ def dice_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarr
         (N, K) float32 ``2 TP / (2 TP + FP + FN)``; NaN for a class absent from both the ground truth and the
         prediction of that sample.
     """
-    tp, fp, fn = confusion_counts(ground_truth, prediction)
-    return _safe_ratio(2 * tp, 2 * tp + fp + fn)
+    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
+    return _safe_ratio(2 * tp, in_gt + predicted)  # 2 TP + FP + FN
 
 
 def mean_dice(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -292,7 +573,8 @@ def mean_dice(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     Returns:
         (N,) float32; finite for every sample with at least one labelled pixel, NaN for a fully ignored one.
     """
-    return _nanmean_rows(dice_per_class(ground_truth, prediction))
+    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
+    return _ratio_means(2 * tp, in_gt + predicted)
 
 
 def pixel_accuracy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -305,8 +587,8 @@ def pixel_accuracy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarr
     Returns:
         (N,) float32 in [0, 1]; NaN for a sample with no labelled pixel.
     """
-    tp, _, fn = confusion_counts(ground_truth, prediction)
-    return _safe_ratio(tp.sum(axis=1), tp.sum(axis=1) + fn.sum(axis=1))
+    tp, in_gt, _ = _class_counts(_prepare_pair(ground_truth, prediction))
+    return _safe_ratio(tp.sum(axis=1), in_gt.sum(axis=1))  # TP + FN = labelled pixels
 
 
 def pixel_cross_entropy(ground_truth: np.ndarray, prediction: np.ndarray, *, eps: float = DEFAULT_EPS,
@@ -325,31 +607,19 @@ def pixel_cross_entropy(ground_truth: np.ndarray, prediction: np.ndarray, *, eps
         confidently wrong logit can exceed ``-log(eps)``), the clipped log for probabilities, ``-log(eps)`` for a
         pixel whose prediction holds NaN/Inf, and 0 for an ignored pixel.
     """
+    return _checked_pixel_loss(ground_truth, prediction, eps, atol)[0]
+
+
+def _checked_pixel_loss(ground_truth, prediction, eps: float, atol: float | None) -> tuple[np.ndarray, _Pair]:
+    """(N, S, S) float32 per-pixel loss and the prepared pair (whose labelled mask the mean needs)."""
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1); got {eps}")
-    gt, prediction = _check_pair(ground_truth, prediction)
-    gt_labels = _gt_labels(gt)
-    labelled = gt_labels != _IGNORED
-    x, finite, is_prob = _prepare_prediction(prediction, atol)
-    index = np.maximum(gt_labels, 0)[..., None]
-    log_p = np.empty(gt_labels.shape, dtype=np.float32)
-    if is_prob.any():
-        p = x[is_prob]
-        p_true = np.take_along_axis(p, index[is_prob], axis=-1)[..., 0]
-        sums = p.sum(axis=-1)
-        p_true = np.divide(p_true, sums, out=np.zeros_like(p_true), where=sums > 0)
-        log_p[is_prob] = np.log(np.clip(p_true, np.float32(eps), np.float32(1)))
-    if (~is_prob).any():
-        shifted = _shifted_logits(x[~is_prob])
-        # log Σ exp(shifted) = log1p(Σ over the non-max terms): the max term is exactly 1, and log1p keeps
-        # the tiny loss of a confident correct pixel accurate (log(1 + 9e-5) in float32 would lose 3 digits).
-        at_max = shifted == 0
-        rest = np.where(at_max, np.float32(0), np.exp(shifted)).sum(axis=-1) + (at_max.sum(axis=-1) - 1)
-        log_sum = np.log1p(rest.astype(np.float32))
-        log_p[~is_prob] = np.take_along_axis(shifted, index[~is_prob], axis=-1)[..., 0] - log_sum
-    loss = np.minimum(-log_p, _FLOAT32_MAX)
-    loss = np.where(finite, np.maximum(loss, np.float32(0)), np.float32(-np.log(eps)))
-    return np.where(labelled, loss, np.float32(0)).astype(np.float32, copy=False)
+    pair = _prepare_pair(ground_truth, prediction)
+    n, h, w, _ = np.shape(prediction)
+    if not pair.labelled.size:
+        return np.zeros((n, h, w), np.float32), pair
+    loss = _pixel_loss(pair, eps, _default_atol(np.asarray(prediction), atol))
+    return loss.reshape(n, h, w), pair
 
 
 def cross_entropy_loss(ground_truth: np.ndarray, prediction: np.ndarray, *, eps: float = DEFAULT_EPS,
@@ -365,11 +635,16 @@ def cross_entropy_loss(ground_truth: np.ndarray, prediction: np.ndarray, *, eps:
     Returns:
         (N,) float32, finite and non-negative; 0 for a sample with no labelled pixel.
     """
-    per_pixel = pixel_cross_entropy(ground_truth, prediction, eps=eps, atol=atol)
-    labelled = np.asarray(ground_truth).max(axis=-1) != 0
-    counts = labelled.sum(axis=(1, 2))
-    total = per_pixel.sum(axis=(1, 2), dtype=np.float64)
-    out = np.zeros(per_pixel.shape[0], dtype=np.float32)
+    per_pixel, pair = _checked_pixel_loss(ground_truth, prediction, eps, atol)
+    if pair.n == 1 and pair.all_labelled:
+        counts = np.array([pair.labelled.size])  # labelled pixels: all of the one sample's
+    else:
+        counts = _counts(pair.labelled[None], pair.n)[0]
+    if pair.n == 1 and per_pixel.size:
+        total = np.array([cv2.sumElems(per_pixel[0])[0]])  # float64 accumulation
+    else:
+        total = per_pixel.sum(axis=(1, 2), dtype=np.float64)
+    out = np.zeros(pair.n, dtype=np.float32)
     np.divide(total, counts, out=out, where=counts > 0, casting="unsafe")
     return out
 

@@ -8,10 +8,15 @@ predicts no class, and an all-zero ground-truth pixel is ignored.
 """
 
 from collections.abc import Sequence
+from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from coco_seg import metrics
+
+# Speed: these run once per sample after inference, so they share metrics' one-pass internals (class planes,
+# uint8 masks, OpenCV float16 arithmetic) instead of reductions over the short class axis; see coco_seg.metrics.
 
 __all__ = [
     "confidence_heatmaps",
@@ -50,9 +55,14 @@ def denormalize_image(image: np.ndarray) -> np.ndarray:
     Returns:
         (S, S, 3) uint8: ``round((x + 1) * 127.5)`` clipped to 0..255 (NaN becomes 0).
     """
-    image = drop_batch_axis(image).astype(np.float32)
-    pixels = np.rint((image + np.float32(1)) * np.float32(127.5))
-    return np.clip(np.nan_to_num(pixels, nan=0.0), 0, 255).astype(np.uint8)
+    image = drop_batch_axis(image)
+    pixels = np.add(image, np.float32(1), dtype=np.float32, casting="unsafe")  # a float32 copy of x + 1
+    pixels *= np.float32(127.5)
+    np.clip(pixels, np.float32(0), np.float32(255), out=pixels)  # NaN stays NaN here...
+    if not pixels.size:
+        return pixels.astype(np.uint8)
+    # ... and becomes 0 in OpenCV's float → uint8 conversion, which rounds half to even like np.rint
+    return cv2.convertScaleAbs(pixels.reshape(pixels.shape[0], -1)).reshape(pixels.shape)
 
 
 def label_map(one_hot_or_scores: np.ndarray) -> np.ndarray:
@@ -65,13 +75,14 @@ def label_map(one_hot_or_scores: np.ndarray) -> np.ndarray:
         (S, S) uint8 argmax over the class axis. A pixel whose scores hold NaN/Inf, or an all-zero one-hot
         pixel, maps to 0 (background).
     """
-    scores = drop_batch_axis(one_hot_or_scores).astype(np.float32)
+    scores = drop_batch_axis(one_hot_or_scores)
     if scores.shape[-1] > 256:
         raise ValueError(f"label_map supports at most 256 classes; got shape {scores.shape}")
-    finite = np.all(np.isfinite(scores), axis=-1)
-    labels = np.argmax(np.where(finite[..., None], scores, np.float32(0)), axis=-1)
-    labels[~finite] = 0
-    return labels.astype(np.uint8)
+    planes, invalid = metrics._score_planes(scores[None])
+    labels = metrics._argmax_labels(planes)
+    if invalid is not None:
+        labels &= ~invalid  # NaN/Inf: 0
+    return labels
 
 
 def error_map_labels(class_names: Sequence[str]) -> list[str]:
@@ -113,21 +124,44 @@ def error_map(ground_truth: np.ndarray, prediction: np.ndarray, *,
                          f"{ground_truth.shape[-1]} classes (shape {ground_truth.shape})")
     if 2 * len(class_names) - 1 > 256:
         raise ValueError(f"error_map supports at most 128 classes; got {len(class_names)}")
-    metrics.confusion_counts(ground_truth[None], prediction[None])  # validates shapes and the one-hot
-    gt = ground_truth.astype(np.float32)
-    gt_labels = np.argmax(gt, axis=-1)
-    labelled = gt.max(axis=-1) != 0
-    scores = prediction.astype(np.float32)
-    finite = np.all(np.isfinite(scores), axis=-1)
-    pred_labels = np.argmax(np.where(finite[..., None], scores, np.float32(0)), axis=-1)
-    pred_labels[~finite] = -1  # invalid: predicts no class
-    wrong = labelled & (pred_labels != gt_labels)
-    false_positive = wrong & (pred_labels >= 1)
-    codes = np.zeros(gt_labels.shape, dtype=np.uint8)
-    codes[false_positive] = (2 * pred_labels[false_positive] - 1).astype(np.uint8)
-    false_negative = wrong & ~false_positive  # background predicted, or NaN/Inf; gt is then non-background
-    codes[false_negative] = (2 * gt_labels[false_negative]).astype(np.uint8)
-    return codes, error_map_labels(class_names)
+    pair = metrics._prepare_pair(ground_truth[None], prediction[None])  # validates shapes and the one-hot
+    k = pair.k
+    # Label K is "no class" on both sides: an ignored ground-truth pixel, a NaN/Inf prediction. Each
+    # (ground truth, prediction) label combination indexes a table of the codes.
+    predicted = metrics._argmax_labels(pair.scores)
+    if pair.invalid is not None:
+        predicted |= pair.invalid & np.uint8(k)  # the zeroed scores there gave label 0
+    combined = _gt_labels(pair).astype(np.uint16 if (k + 1) ** 2 > 256 else np.uint8, copy=False)
+    combined *= k + 1
+    combined += predicted
+    table = _error_code_table(k)
+    if combined.size and table.size == 256:
+        codes = cv2.LUT(combined, table)
+    else:
+        codes = table[combined]
+    return codes.reshape(ground_truth.shape[:-1]), error_map_labels(class_names)
+
+
+def _gt_labels(pair) -> np.ndarray:
+    """(S, S) uint8 ground-truth class of each pixel of a prepared pair, K at ignored pixels (K <= 128 here)."""
+    labels = metrics._mask_labels(pair.gt_masks)
+    if not pair.all_labelled:
+        labels |= ~pair.labelled & np.uint8(pair.k)
+    return labels
+
+
+@lru_cache(maxsize=None)
+def _error_code_table(k: int) -> np.ndarray:
+    """uint8 error code of every (ground truth g, prediction p) label pair at index g * (K + 1) + p, labels 0..K
+    (K: no class); padded to 256 entries for cv2.LUT when it fits."""
+    gt, predicted = np.divmod(np.arange((k + 1) ** 2), k + 1)
+    correct = (gt == k) | (predicted == gt)  # ignored ground truth counts as correct
+    false_positive = (predicted >= 1) & (predicted < k)
+    codes = np.where(correct, 0, np.where(false_positive, 2 * predicted - 1, 2 * gt)).astype(np.uint8)
+    if codes.size < 256:
+        codes = np.concatenate([codes, np.zeros(256 - codes.size, np.uint8)])
+    codes.flags.writeable = False
+    return codes
 
 
 def loss_heatmap(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -142,7 +176,7 @@ def loss_heatmap(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray
     """
     ground_truth = drop_batch_axis(ground_truth)
     prediction = drop_batch_axis(prediction)
-    return metrics.pixel_cross_entropy(ground_truth[None], prediction[None]).astype(np.float32)
+    return metrics.pixel_cross_entropy(ground_truth[None], prediction[None])
 
 
 def confidence_heatmaps(prediction: np.ndarray) -> np.ndarray:
@@ -154,5 +188,6 @@ def confidence_heatmaps(prediction: np.ndarray) -> np.ndarray:
     Returns:
         (K, S, S) float32 in [0, 1], channel first; all zeros at pixels whose prediction holds NaN/Inf.
     """
-    probabilities = metrics.to_probabilities(drop_batch_axis(prediction)[None])[0]
-    return np.ascontiguousarray(np.moveaxis(probabilities, -1, 0), dtype=np.float32)
+    prediction = metrics._check_prediction(drop_batch_axis(prediction)[None])
+    _, h, w, k = prediction.shape
+    return metrics._probabilities(prediction, None).reshape(k, h, w)  # computed class-first

@@ -308,3 +308,196 @@ def test_by_class_name():
     assert np.isnan(result["person"][0]) and result["car"][0] == 1.0
     with pytest.raises(ValueError, match="len"):
         metrics.by_class_name(values, ["background", "person"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Randomised checks against a plain restatement of the module policies (float64, np.argmax over the class axis). The
+# implementation works on per-class planes with OpenCV; these pin it to the simple definitions on many shapes,
+# dtypes and corner cases (ties, NaN/Inf, ignored pixels, mixed logits/probability batches, K beyond OpenCV's
+# 128-channel limit, empty arrays).
+
+def reference_counts(gt, pred):
+    """tp, fp, fn (N, K) by the module's definitions."""
+    gt = np.asarray(gt, np.float64)
+    with np.errstate(all="ignore"):
+        pred = np.asarray(pred).astype(np.float64)
+    n, k = gt.shape[0], gt.shape[-1]
+    gt_labels = np.where(gt.max(-1) > 0, gt.argmax(-1), -1)
+    finite = np.isfinite(pred).all(-1)
+    pred_labels = np.where(finite, np.where(finite[..., None], pred, 0).argmax(-1), -1)
+    tp, fp, fn = (np.zeros((n, k), np.int64) for _ in range(3))
+    for i in range(n):
+        g, p = gt_labels[i], pred_labels[i]
+        for c in range(k):
+            tp[i, c] = np.sum((g == c) & (p == c))
+            fp[i, c] = np.sum((g >= 0) & (g != c) & (p == c))
+            fn[i, c] = np.sum((g == c) & (p != c))
+    return tp, fp, fn
+
+
+def reference_probabilities(pred):
+    """(N, S, S, K) float64 probabilities, the finite-pixel mask and the per-sample "is probabilities" flags, by the
+    module's logits-or-probabilities rule (default atol)."""
+    raw = np.asarray(pred)
+    atol = 1e-2 if raw.dtype == np.float16 else 1e-3
+    with np.errstate(all="ignore"):
+        x = raw.astype(np.float32).astype(np.float64)
+    finite = np.isfinite(x).all(-1)
+    x = np.where(finite[..., None], x, 0)
+    out = np.zeros_like(x)
+    is_prob = np.zeros(x.shape[0], bool)
+    for i in range(x.shape[0]):
+        sums = x[i].sum(-1)
+        is_prob[i] = ((x[i] >= 0) & (x[i] <= 1)).all() and (np.abs(sums[finite[i]] - 1) <= atol).all()
+        if is_prob[i]:
+            out[i] = np.divide(x[i], sums[..., None], out=np.zeros_like(x[i]), where=sums[..., None] > 0)
+        else:
+            e = np.exp(x[i] - x[i].max(-1, keepdims=True))
+            out[i] = e / e.sum(-1, keepdims=True)
+    return np.where(finite[..., None], out, 0), finite, is_prob
+
+
+def reference_pixel_loss(gt, pred, eps=1e-7):
+    """(N, S, S) float64 per-pixel loss by the module's definitions."""
+    gt = np.asarray(gt, np.float64)
+    probabilities, finite, is_prob = reference_probabilities(pred)
+    with np.errstate(all="ignore"):
+        x = np.where(finite[..., None], np.asarray(pred).astype(np.float32).astype(np.float64), 0)
+    labels = gt.argmax(-1)[..., None]
+    loss = np.zeros(gt.shape[:-1])
+    for i in range(gt.shape[0]):
+        if is_prob[i]:
+            loss[i] = -np.log(np.clip(np.take_along_axis(probabilities[i], labels[i], -1)[..., 0], eps, 1))
+        else:  # logits: the exact log-softmax
+            shifted = x[i] - x[i].max(-1, keepdims=True)
+            loss[i] = np.log(np.exp(shifted).sum(-1)) - np.take_along_axis(shifted, labels[i], -1)[..., 0]
+    loss = np.where(finite, loss, -np.log(eps))
+    return np.where(gt.max(-1) > 0, loss, 0)
+
+
+def random_case(rng, n, s, k, *, gt_dtype=np.float32, pred_dtype=np.float32, ignored=0.0, invalid=0.0,
+                kind="logits"):
+    gt = one_hot(rng.integers(0, k, (n, s, s)), k)
+    gt[rng.random((n, s, s)) < ignored] = 0
+    if kind == "logits":
+        pred = rng.normal(0, 3, gt.shape)
+    elif kind == "ties":
+        pred = np.round(rng.normal(0, 1, gt.shape))  # many equal maxima: the first class must win
+    elif kind == "probabilities":
+        x = rng.normal(0, 2, gt.shape)
+        pred = np.exp(x - x.max(-1, keepdims=True))
+        pred /= pred.sum(-1, keepdims=True)
+    else:  # mixed: sample 0 probabilities, the others logits
+        pred = rng.normal(0, 3, gt.shape)
+        x = rng.normal(0, 2, gt.shape[1:])
+        pred[0] = np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    pred = pred.astype(pred_dtype)
+    if invalid and pred.dtype.kind == "f":
+        bad = rng.random(pred.shape) < invalid
+        pred[bad] = rng.choice(np.array([np.nan, np.inf, -np.inf], pred.dtype), int(bad.sum()))
+    return gt.astype(gt_dtype), pred
+
+
+CASES = [
+    dict(n=1, s=16, k=3), dict(n=1, s=16, k=3, pred_dtype=np.float16), dict(n=3, s=8, k=3, ignored=0.2),
+    dict(n=2, s=9, k=2, pred_dtype=np.float16, gt_dtype=np.float16, invalid=0.05),
+    dict(n=2, s=7, k=5, kind="ties"), dict(n=2, s=7, k=5, kind="ties", pred_dtype=np.float16),
+    dict(n=2, s=8, k=3, kind="probabilities"), dict(n=2, s=8, k=3, kind="probabilities", pred_dtype=np.float16),
+    dict(n=3, s=6, k=4, kind="mixed", invalid=0.03, ignored=0.1), dict(n=1, s=5, k=3, pred_dtype=np.float64),
+    dict(n=1, s=5, k=3, gt_dtype=np.uint8, pred_dtype=np.int32), dict(n=1, s=5, k=3, gt_dtype=bool),
+    dict(n=1, s=4, k=130, ignored=0.1, invalid=0.05), dict(n=2, s=3, k=9, pred_dtype=np.float16, invalid=0.3),
+]
+
+
+@pytest.mark.parametrize("case", CASES,
+                         ids=lambda c: "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in c.items()))
+def test_matches_plain_definitions(case):
+    rng = np.random.default_rng(CASES.index(case))
+    gt, pred = random_case(rng, **case)
+    tp, fp, fn = reference_counts(gt, pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counts = metrics.confusion_counts(gt, pred)
+        for got, want in zip(counts, (tp, fp, fn)):
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, want)
+        with np.errstate(invalid="ignore"):
+            iou = (tp / (tp + fp + fn)).astype(np.float32)
+            dice = (2 * tp / (2 * tp + fp + fn)).astype(np.float32)
+            accuracy = tp.sum(1) / (tp + fn).sum(1)
+        np.testing.assert_allclose(metrics.iou_per_class(gt, pred), iou, rtol=1e-6)
+        np.testing.assert_allclose(metrics.dice_per_class(gt, pred), dice, rtol=1e-6)
+        np.testing.assert_allclose(metrics.mean_iou(gt, pred), np.nanmean(iou, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(metrics.mean_dice(gt, pred), np.nanmean(dice, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(metrics.pixel_accuracy(gt, pred), accuracy, rtol=1e-6)
+        per_pixel = metrics.pixel_cross_entropy(gt, pred)
+        loss = metrics.cross_entropy_loss(gt, pred)
+        probabilities = metrics.to_probabilities(pred)
+    want = reference_pixel_loss(gt, pred)
+    assert per_pixel.dtype == np.float32 and per_pixel.shape == gt.shape[:-1]
+    np.testing.assert_allclose(per_pixel, want, rtol=1e-4, atol=1e-5)
+    labelled = gt.max(-1) > 0
+    np.testing.assert_allclose(loss, [want[i][labelled[i]].mean() if labelled[i].any() else 0
+                                      for i in range(len(gt))], rtol=1e-4, atol=1e-6)
+    assert probabilities.dtype == np.float32 and probabilities.shape == gt.shape
+    np.testing.assert_allclose(probabilities, reference_probabilities(pred)[0], atol=1e-6)
+
+
+def test_float32_logits_spanning_beyond_float32_range():
+    # x - max overflows float32 here: the loss is clipped to float32 max and stays finite, without warnings
+    gt = one_hot(GT)
+    pred = np.where(gt > 0, np.float32(-3e38), np.float32(3e38)).astype(np.float32)
+    pred[0, 0, 0] = [3e38, -3e38, -3e38]  # one confident, correct pixel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        per_pixel = metrics.pixel_cross_entropy(gt, pred)
+        probabilities = metrics.to_probabilities(pred)
+        accuracy = metrics.pixel_accuracy(gt, pred)
+    assert np.all(np.isfinite(per_pixel)) and per_pixel[0, 0, 0] == 0
+    np.testing.assert_array_equal(per_pixel[0].ravel()[1:], np.finfo(np.float32).max)
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-6)
+    np.testing.assert_allclose(accuracy, [1 / 16])
+    # float64 logits beyond the float32 range are finite scores too, not invalid pixels
+    np.testing.assert_array_equal(metrics.confusion_counts(gt, np.where(gt > 0, 1e300, -1e300))[0], [[10, 4, 2]])
+
+
+def test_ground_truth_dtypes_and_negative_zero():
+    pred = logits_for(PRED)
+    for dtype in (np.float16, np.float32, np.float64, np.uint8, np.int64, bool):
+        np.testing.assert_allclose(metrics.iou_per_class(one_hot(GT).astype(dtype), pred)[0], IOU, rtol=1e-6)
+    negative_zero = np.where(one_hot(GT) > 0, np.float32(1), np.float32(-0.0))  # -0 is a valid 0
+    for dtype in (np.float16, np.float32):
+        np.testing.assert_allclose(metrics.iou_per_class(negative_zero.astype(dtype), pred)[0], IOU, rtol=1e-6)
+        np.testing.assert_allclose(metrics.cross_entropy_loss(negative_zero.astype(dtype), pred),
+                                   metrics.cross_entropy_loss(one_hot(GT), pred), rtol=1e-6)
+    for dtype in (np.float16, np.float32, np.float64):
+        for value, message in [(np.inf, "NaN"), (np.nan, "NaN"), (2.0, r"one-hot \(values 0 or 1\).*2\.0"),
+                               (1e-6, "one-hot"), (-1.0, "one-hot")]:
+            bad = one_hot(GT).astype(dtype)
+            bad[0, 3, 3, 1] = value
+            with pytest.raises(ValueError, match=f"ground_truth.*{message}"):
+                metrics.mean_iou(bad, pred)
+        bad = one_hot(GT).astype(dtype)
+        bad[0, 2, 2, :2] = 1
+        with pytest.raises(ValueError, match="more than one class"):
+            metrics.cross_entropy_loss(bad, pred)
+    bad = one_hot(GT).astype(np.uint8)
+    bad[0, 0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"found values \[3\.0\]"):
+        metrics.pixel_accuracy(bad, pred)
+
+
+def test_empty_and_non_contiguous_inputs():
+    for shape in [(0, 4, 4, K), (1, 0, 4, K), (2, 3, 0, K)]:
+        empty = np.zeros(shape, np.float32)
+        assert metrics.iou_per_class(empty, empty).shape == (shape[0], K)
+        assert metrics.pixel_cross_entropy(empty, empty).shape == shape[:-1]
+        np.testing.assert_array_equal(metrics.cross_entropy_loss(empty, empty), np.zeros(shape[0], np.float32))
+        assert metrics.to_probabilities(empty).shape == shape
+    gt, pred = one_hot(GT), logits_for(PRED)
+    gt_view = np.ascontiguousarray(gt.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # same values, other strides
+    pred_view = np.asfortranarray(pred)
+    assert not gt_view.flags.c_contiguous and not pred_view.flags.c_contiguous
+    np.testing.assert_allclose(metrics.iou_per_class(gt_view, pred_view)[0], IOU, rtol=1e-6)
+    np.testing.assert_allclose(metrics.pixel_cross_entropy(gt_view, pred_view), metrics.pixel_cross_entropy(gt, pred))

@@ -131,3 +131,107 @@ def test_confidence_heatmaps():
     np.testing.assert_array_equal(heatmaps[:, 0, 0], 0)
     np.testing.assert_allclose(heatmaps.sum(axis=0).ravel()[1:], 1, atol=1e-5)
     np.testing.assert_array_equal(heatmaps.argmax(axis=0).ravel()[1:], GT.ravel()[1:])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Randomised checks against plain restatements of the documented behaviour (the implementation works on per-class
+# planes with OpenCV; these pin it to the simple definitions, NaN/Inf, ties and sizes that exercise vector code).
+
+def reference_labels(scores):
+    scores = np.asarray(scores, np.float64)
+    finite = np.isfinite(scores).all(-1)
+    return np.where(finite, np.where(finite[..., None], scores, 0).argmax(-1), 0).astype(np.uint8)
+
+
+def reference_error_codes(gt, pred):
+    k = gt.shape[-1]
+    g = np.where(gt.max(-1) > 0, gt.argmax(-1), -1)
+    finite = np.isfinite(pred.astype(np.float64)).all(-1)
+    p = np.where(finite, np.where(finite[..., None], pred.astype(np.float64), 0).argmax(-1), -1)
+    codes = np.zeros(g.shape, np.uint8)
+    wrong = (g >= 0) & (p != g)
+    codes[wrong & (p >= 1)] = 2 * p[wrong & (p >= 1)] - 1
+    codes[wrong & (p < 1)] = 2 * g[wrong & (p < 1)]
+    assert codes.max(initial=0) < 2 * k - 1
+    return codes
+
+
+def test_denormalize_non_finite_and_large_images():
+    rng = np.random.default_rng(3)
+    image = rng.uniform(-1.2, 1.2, (1, 96, 80, 3)).astype(np.float32)
+    flat = image.reshape(-1)
+    flat[rng.random(flat.size) < 0.05] = np.nan
+    flat[rng.random(flat.size) < 0.05] = np.inf
+    flat[rng.random(flat.size) < 0.05] = -np.inf
+    with np.errstate(invalid="ignore"):
+        expected = np.clip(np.nan_to_num(np.rint((image[0] + 1) * np.float32(127.5)), nan=0.0), 0, 255).astype(np.uint8)
+    for dtype in (np.float32, np.float64, np.float16):
+        restored = visualizers.denormalize_image(image.astype(dtype))
+        assert restored.dtype == np.uint8 and restored.shape == (96, 80, 3)
+        if dtype != np.float16:  # float16 rounds the inputs first
+            np.testing.assert_array_equal(restored, expected)
+    np.testing.assert_array_equal(restored[np.isnan(image[0])], 0)
+    np.testing.assert_array_equal(restored[image[0] == np.inf], 255)
+    np.testing.assert_array_equal(restored[image[0] == -np.inf], 0)
+    halves = (np.arange(512, dtype=np.float32) / 2 / np.float32(127.5) - 1).reshape(1, -1, 4)[..., :3]
+    np.testing.assert_array_equal(visualizers.denormalize_image(halves),
+                                  np.rint((halves + 1) * np.float32(127.5)).astype(np.uint8))  # half to even
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8])
+def test_label_map_matches_argmax(dtype):
+    rng = np.random.default_rng(4)
+    for k in (1, 2, 3, 7, 256):
+        scores = np.round(rng.normal(0, 2, (12, 10, k))).astype(dtype)  # rounded: many ties, the first class wins
+        if scores.dtype.kind == "f":
+            scores[rng.random((12, 10, k)) < 0.05] = np.nan
+            scores[rng.random((12, 10, k)) < 0.03] = -np.inf
+        labels = visualizers.label_map(scores)
+        assert labels.dtype == np.uint8 and labels.shape == (12, 10)
+        np.testing.assert_array_equal(labels, reference_labels(scores))
+        np.testing.assert_array_equal(visualizers.label_map(scores[None]), labels)
+    with pytest.raises(ValueError, match="256"):
+        visualizers.label_map(np.zeros((2, 2, 257)))
+
+
+@pytest.mark.parametrize("k", [2, 3, 15, 16, 20])  # up to 15 classes the codes go through cv2.LUT
+def test_error_map_matches_definition(k):
+    rng = np.random.default_rng(k)
+    names = ["background"] + [f"class {c}" for c in range(1, k)]
+    gt = np.eye(k, dtype=np.float32)[rng.integers(0, k, (20, 18))]
+    gt[rng.random((20, 18)) < 0.1] = 0
+    pred = rng.normal(0, 2, (20, 18, k)).astype(np.float16)
+    pred[rng.random((20, 18)) < 0.05, rng.integers(0, k)] = np.nan
+    codes, labels = visualizers.error_map(gt, pred, class_names=names)
+    assert codes.dtype == np.uint8 and codes.shape == (20, 18) and len(labels) == 2 * k - 1
+    np.testing.assert_array_equal(codes, reference_error_codes(gt, pred))
+    # a NaN prediction on a background pixel is a "false negative background", which has no code of its own: 0
+    background = one_hot(np.zeros((2, 2), int))
+    nan = np.full((2, 2, K), np.nan, np.float32)
+    np.testing.assert_array_equal(visualizers.error_map(background, nan, class_names=NAMES)[0], 0)
+    with pytest.raises(ValueError, match="ground_truth.*one-hot"):
+        visualizers.error_map(gt * 2, pred, class_names=names)
+
+
+def test_confidence_heatmaps_and_loss_heatmap_match_metrics():
+    from coco_seg import metrics
+
+    rng = np.random.default_rng(5)
+    gt = np.eye(K, dtype=np.float32)[rng.integers(0, K, (16, 16))]
+    for dtype in (np.float16, np.float32):
+        logits = rng.normal(0, 3, (16, 16, K)).astype(dtype)
+        logits[3, 4, 1] = np.inf
+        with np.errstate(invalid="ignore"):  # the Inf pixel; set to 0 below
+            e = np.exp(logits.astype(np.float64) - logits.astype(np.float64).max(-1, keepdims=True))
+            expected = np.nan_to_num(e / e.sum(-1, keepdims=True), nan=0.0)
+        expected[3, 4] = 0
+        heatmaps = visualizers.confidence_heatmaps(logits[None])
+        assert heatmaps.shape == (K, 16, 16) and heatmaps.dtype == np.float32 and heatmaps.flags.c_contiguous
+        np.testing.assert_allclose(heatmaps, np.moveaxis(expected, -1, 0), atol=1e-6)
+        np.testing.assert_array_equal(heatmaps, np.moveaxis(metrics.to_probabilities(logits[None])[0], -1, 0))
+        heatmap = visualizers.loss_heatmap(gt, logits)
+        assert heatmap.shape == (1, 16, 16) and heatmap.dtype == np.float32
+        np.testing.assert_array_equal(heatmap, metrics.pixel_cross_entropy(gt[None], logits[None]))
+    probabilities = rng.dirichlet(np.ones(K), (16, 16)).astype(np.float32)
+    np.testing.assert_allclose(visualizers.confidence_heatmaps(probabilities),
+                               np.moveaxis(probabilities / probabilities.sum(-1, keepdims=True), -1, 0), atol=1e-6)
