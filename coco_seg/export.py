@@ -66,15 +66,22 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def keras_to_onnx(model: "keras.Model") -> bytes:
+    """The serialized ONNX graph (tf2onnx, opset 17) of a Keras model with one image input named ``image``."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, *tuple(model.input_shape)[1:]), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=ONNX_OPSET)
+    return proto.SerializeToString()
+
+
 def export_model(model: "keras.Model", out_dir: Path, *, card: dict[str, Any]) -> dict[str, Path]:
     """Write ``model.onnx`` (opset 17, input ``image`` of shape (None, S, S, 3)), ``model.h5`` and the card.
 
     Returns ``{"onnx": ..., "h5": ..., "card": ...}``. Each file is written to a temporary name in ``out_dir``
     and renamed into place, so a failed export never leaves a half-written model behind.
     """
-    import tensorflow as tf
-    import tf2onnx
-
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[3] != 3:
         raise ValueError(f"export_model expects one image input of shape (None, S, S, 3), got {shape}")
@@ -82,10 +89,9 @@ def export_model(model: "keras.Model", out_dir: Path, *, card: dict[str, Any]) -
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Convert first: the conversion is the step most likely to fail, and nothing is written until it succeeded.
-    signature = (tf.TensorSpec((None, *shape[1:]), tf.float32, name=INPUT_NAME),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=ONNX_OPSET)
+    onnx_bytes = keras_to_onnx(model)
     paths = {"onnx": out_dir / ONNX_NAME, "h5": out_dir / H5_NAME, "card": out_dir / MODEL_CARD_NAME}
-    _write_atomically(paths["onnx"], lambda temp: temp.write_bytes(proto.SerializeToString()))
+    _write_atomically(paths["onnx"], lambda temp: temp.write_bytes(onnx_bytes))
     _write_atomically(paths["h5"], lambda temp: model.save(temp))
     _write_atomically(paths["card"], lambda temp: temp.write_text(json.dumps(card, indent=2) + "\n"))
     return paths
