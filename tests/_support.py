@@ -1,7 +1,9 @@
 """Helpers shared by the tests (a plain module: a top-level `tests` package from site-packages may shadow ours)."""
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,8 +54,10 @@ def require_chromium() -> None:
                     "with `apt-get install chromium` (scripts/setup.sh does; never `playwright install`)")
 
 
-def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, Any]:
-    """Open a report in headless Chromium; return its ready state, the number of map points and any errors."""
+@contextlib.contextmanager
+def report_page(path: Path) -> Iterator[tuple[Any, list[str], list[str]]]:
+    """Open a report in headless Chromium once it is ready: yields (page, errors, requests), errors being console
+    errors and uncaught page errors, requests every URL the page asked for."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -69,10 +73,16 @@ def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, An
             page.goto(path.as_uri())
             page.wait_for_function("window.cocoSegReport && (window.cocoSegReport.ready || window.cocoSegReport.error)",
                                    timeout=30_000)
-            state = page.evaluate("window.cocoSegReport")
-            points = page.evaluate(f"document.getElementById('{map_div_id}').data.reduce((s, t) => s + t.x.length, 0)")
+            yield page, errors, requests
         finally:
             browser.close()
+
+
+def render_report(path: Path, *, map_div_id: str = "latent-map") -> dict[str, Any]:
+    """Open a report; return its ready state, the number of map points, the errors and the requests."""
+    with report_page(path) as (page, errors, requests):
+        state = page.evaluate("window.cocoSegReport")
+        points = page.evaluate(f"document.getElementById('{map_div_id}').data.reduce((s, t) => s + t.x.length, 0)")
     return {"state": state, "points": points, "errors": errors, "requests": requests}
 
 

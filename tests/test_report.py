@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _support import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from _support import report_page
 from coco_seg.analysis.report import DATA_SCRIPT_ID, MAP_DIV_ID, write_report
 
 CLASS_NAMES = ["background", "person", "car"]
@@ -184,85 +184,70 @@ POINT_POSITION_JS = """(i) => {
 
 
 def test_report_in_chromium(report: Path, inputs: dict):
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
     samples = inputs["samples"]
     neighbors = dict(zip(samples["sample_id"], samples["neighbors"].str.split()))
-    errors, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(report.as_uri())
-            page.wait_for_function("window.cocoSegReport && (window.cocoSegReport.ready || window.cocoSegReport.error)",
-                                   timeout=20_000)
-            state = page.evaluate("window.cocoSegReport")
-            assert state["ready"] is True, state.get("error")
-            assert state["points"] == len(samples)
-            count_js = f"document.getElementById('{MAP_DIV_ID}').data.reduce((s, t) => s + t.x.length, 0)"
-            assert page.evaluate(count_js) == len(samples)
-            assert page.evaluate("document.querySelectorAll('.dashboard .main-svg').length") >= 2
-            # Static tables got their thumbnails from the JSON map.
-            assert page.evaluate("[...document.querySelectorAll('tr[data-select] img.thumb')]"
-                                 ".every(i => i.src.startsWith('data:image/'))")
+    with report_page(report) as (page, errors, requests):
+        state = page.evaluate("window.cocoSegReport")
+        assert state["ready"] is True, state.get("error")
+        assert state["points"] == len(samples)
+        count_js = f"document.getElementById('{MAP_DIV_ID}').data.reduce((s, t) => s + t.x.length, 0)"
+        assert page.evaluate(count_js) == len(samples)
+        assert page.evaluate("document.querySelectorAll('.dashboard .main-svg').length") >= 2
+        # Static tables got their thumbnails from the JSON map.
+        assert page.evaluate("[...document.querySelectorAll('tr[data-select] img.thumb')]"
+                             ".every(i => i.src.startsWith('data:image/'))")
 
-            # Colour by every field: re-drawn without errors, same points, one trace per value for discrete fields.
-            for field in [*COLOR_FIELDS[1:], "loss"]:
-                page.select_option("#color-by", field)
-                page.wait_for_function(f"window.cocoSegReport.colorBy === {json.dumps(field)}", timeout=10_000)
-                assert page.evaluate(count_js) == len(samples), field
-                traces = page.evaluate(f"document.getElementById('{MAP_DIV_ID}').data.length")
-                if field == "cluster":
-                    assert traces == samples["cluster"].nunique()
-                if field == "is_colored":
-                    assert traces == samples["is_colored"].nunique()
-                if field == "person_percent":
-                    assert traces == 2  # colour scale + "no value"
+        # Colour by every field: re-drawn without errors, same points, one trace per value for discrete fields.
+        for field in [*COLOR_FIELDS[1:], "loss"]:
+            page.select_option("#color-by", field)
+            page.wait_for_function(f"window.cocoSegReport.colorBy === {json.dumps(field)}", timeout=10_000)
+            assert page.evaluate(count_js) == len(samples), field
+            traces = page.evaluate(f"document.getElementById('{MAP_DIV_ID}').data.length")
+            if field == "cluster":
+                assert traces == samples["cluster"].nunique()
+            if field == "is_colored":
+                assert traces == samples["is_colored"].nunique()
+            if field == "person_percent":
+                assert traces == 2  # colour scale + "no value"
 
-            # A real mouse hover shows the custom panel with the thumbnail and the sample's values.
-            page.evaluate(f"document.getElementById('{MAP_DIV_ID}').scrollIntoView({{block: 'center'}})")
-            target = page.evaluate(POINT_POSITION_JS, 20)
-            page.mouse.move(target["x"], target["y"])
-            page.wait_for_function("document.getElementById('hover-panel').style.display === 'block'",
-                                   timeout=5_000)
-            hovered = page.evaluate("window.cocoSegReport.hovered")
-            assert hovered in neighbors
-            panel = page.inner_text("#hover-panel")
-            assert hovered in panel and "loss" in panel and "mean IoU" in panel
-            assert page.evaluate("document.querySelector('#hover-panel img').src.startsWith('data:image/jpeg')")
+        # A real mouse hover shows the custom panel with the thumbnail and the sample's values.
+        page.evaluate(f"document.getElementById('{MAP_DIV_ID}').scrollIntoView({{block: 'center'}})")
+        target = page.evaluate(POINT_POSITION_JS, 20)
+        page.mouse.move(target["x"], target["y"])
+        page.wait_for_function("document.getElementById('hover-panel').style.display === 'block'",
+                               timeout=5_000)
+        hovered = page.evaluate("window.cocoSegReport.hovered")
+        assert hovered in neighbors
+        panel = page.inner_text("#hover-panel")
+        assert hovered in panel and "loss" in panel and "mean IoU" in panel
+        assert page.evaluate("document.querySelector('#hover-panel img').src.startsWith('data:image/jpeg')")
 
-            # A real click fills the similars panel with the clicked sample's neighbours.
-            page.mouse.click(target["x"], target["y"])
-            page.wait_for_function("document.getElementById('similars').hasAttribute('data-selected')",
-                                   timeout=5_000)
-            selected = page.get_attribute("#similars", "data-selected")
-            listed = page.evaluate("[...document.querySelectorAll('#similars .nb')].map(n => n.dataset.sample)")
-            assert selected in neighbors and listed == neighbors[selected]
+        # A real click fills the similars panel with the clicked sample's neighbours.
+        page.mouse.click(target["x"], target["y"])
+        page.wait_for_function("document.getElementById('similars').hasAttribute('data-selected')",
+                               timeout=5_000)
+        selected = page.get_attribute("#similars", "data-selected")
+        listed = page.evaluate("[...document.querySelectorAll('#similars .nb')].map(n => n.dataset.sample)")
+        assert selected in neighbors and listed == neighbors[selected]
 
-            # A click emitted on the graph for a known sample (index 3: one neighbour not in the report).
-            page.evaluate(f"""() => {{
-                const gd = document.getElementById('{MAP_DIV_ID}');
-                const t = gd.data.findIndex(tr => tr.customdata.includes(3));
-                gd.emit('plotly_click', {{points: [{{curveNumber: t, pointNumber: gd.data[t].customdata.indexOf(3),
-                                                    customdata: 3}}]}});
-            }}""")
-            page.wait_for_function("document.getElementById('similars').dataset.selected === 's003'",
-                                   timeout=5_000)
-            listed = page.evaluate("[...document.querySelectorAll('#similars .nb')].map(n => n.dataset.sample)")
-            assert listed == neighbors["s003"] and listed[-1] == "ghost-1"
-            assert "not in this report" in page.inner_text("#similars")
-            # Clicking a row of the worst-samples table selects that sample too (its id is escaped there).
-            page.click(f"tr[data-select='{samples['sample_id'][samples['loss'].idxmax()]}']")
-            page.wait_for_function("document.getElementById('similars').dataset.selected !== 's003'",
-                                   timeout=5_000)
-            assert page.get_attribute("#similars", "data-selected") == samples["sample_id"][samples["loss"].idxmax()]
-            page.wait_for_timeout(200)  # let any late error surface
-        finally:
-            browser.close()
+        # A click emitted on the graph for a known sample (index 3: one neighbour not in the report).
+        page.evaluate(f"""() => {{
+            const gd = document.getElementById('{MAP_DIV_ID}');
+            const t = gd.data.findIndex(tr => tr.customdata.includes(3));
+            gd.emit('plotly_click', {{points: [{{curveNumber: t, pointNumber: gd.data[t].customdata.indexOf(3),
+                                                customdata: 3}}]}});
+        }}""")
+        page.wait_for_function("document.getElementById('similars').dataset.selected === 's003'",
+                               timeout=5_000)
+        listed = page.evaluate("[...document.querySelectorAll('#similars .nb')].map(n => n.dataset.sample)")
+        assert listed == neighbors["s003"] and listed[-1] == "ghost-1"
+        assert "not in this report" in page.inner_text("#similars")
+        # Clicking a row of the worst-samples table selects that sample too (its id is escaped there).
+        page.click(f"tr[data-select='{samples['sample_id'][samples['loss'].idxmax()]}']")
+        page.wait_for_function("document.getElementById('similars').dataset.selected !== 's003'",
+                               timeout=5_000)
+        assert page.get_attribute("#similars", "data-selected") == samples["sample_id"][samples["loss"].idxmax()]
+        page.wait_for_timeout(200)  # let any late error surface
 
     assert not errors, errors
     remote = [url for url in requests if not url.startswith(("file://", "data:", "blob:"))]
