@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Optional
 
 from pycocotools.coco import COCO
 
+from coco_seg.atomic import write_json_atomically as _write_json_atomically
 from coco_seg.config import REPORTS_DIR_ENV_VAR, Config
 from coco_seg.images import ImageFileCheck, confined_path, inspect_image_file
 from coco_seg.index_cache import AnnotationScan, Annotations, Candidate, LazyAnnotations, cached_scan
@@ -378,20 +378,6 @@ def bad_sample_report(split: SplitData) -> dict[str, Any]:
         "ignored_annotations": list(split.ignored_annotations),
         "failed_at_decode": [bad.as_json() for bad in split.failed_at_decode.values()],
     }
-
-
-def _write_json_atomically(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 @contextlib.contextmanager

@@ -10,13 +10,12 @@ onnxruntime alone.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from coco_seg.atomic import write_atomically as _write_atomically
 from coco_seg.config import Config
 
 if TYPE_CHECKING:
@@ -51,19 +50,6 @@ def model_card_for(config: Config, **extra: Any) -> dict[str, Any]:
         "normalisation": {"input": "rgb", "range": [-1, 1], "formula": "pixel / 127.5 - 1"},
         **extra,
     }
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file beside ``target`` (same suffix), then rename it over ``target``."""
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}")
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def keras_to_onnx(model: "keras.Model") -> bytes:

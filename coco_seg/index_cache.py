@@ -16,11 +16,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from coco_seg.atomic import write_atomically, write_json_atomically
 from coco_seg.config import Config
 
 logger = logging.getLogger(__name__)
@@ -93,36 +93,25 @@ def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
                           ignored=payload["ignored"], candidates=candidates, from_cache=True)
 
 
-def _write_atomically(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, mode) as stream:
-            write(stream)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> None:
     blob = folder / f"{key}.blob"
     offsets: list[tuple[int, int]] = []
 
-    def write_blob(stream) -> None:
+    def write_blob(temp: Path) -> None:
         position = 0
-        for candidate in scan.candidates:
-            line = json.dumps(list(candidate.annotations), separators=(",", ":")).encode() + b"\n"
-            stream.write(line)
-            offsets.append((position, position + len(line)))
-            position += len(line)
+        with open(temp, "wb") as stream:
+            for candidate in scan.candidates:
+                line = json.dumps(list(candidate.annotations), separators=(",", ":")).encode() + b"\n"
+                stream.write(line)
+                offsets.append((position, position + len(line)))
+                position += len(line)
 
-    _write_atomically(blob, write_blob, "wb")
+    write_atomically(blob, write_blob)
     rows = [[c.image_id, c.file_name, c.width, c.height, c.problem, start, end]
             for c, (start, end) in zip(scan.candidates, offsets)]
     payload = {"format": CACHE_FORMAT, "category_names": scan.category_names,
                "class_of_category": scan.class_of_category, "ignored": scan.ignored, "candidates": rows}
-    _write_atomically(folder / f"{key}.json", lambda stream: json.dump(payload, stream, separators=(",", ":")), "w")
+    write_json_atomically(folder / f"{key}.json", payload, indent=None)
 
 
 def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], AnnotationScan]) -> AnnotationScan:

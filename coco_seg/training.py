@@ -11,8 +11,6 @@ optimizer state) is written to ``checkpoints/last.keras``, the best by validatio
 """
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from coco_seg.atomic import write_atomically, write_json_atomically as _write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
 from coco_seg.encoders import encode_image, encode_label_mask
@@ -68,26 +67,10 @@ class TrainState:
     best_validation: Optional[dict[str, Any]] = None
 
 
-def _write_json_atomically(path: Path, payload: Any) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2)
-    os.replace(temp, path)
-
-
 def save_model_atomically(model: keras.Model, path: Path) -> None:
-    """``model.save(path)`` through a temporary file beside it, then a rename: an interrupted save (kill, full disk)
-    leaves the previous checkpoint intact instead of a truncated one that ``--resume`` would fail on. The temporary
-    name keeps the suffix, which Keras uses to pick the format."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        model.save(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """``model.save`` through a temporary file and a rename: an interrupted save (kill, full disk) leaves the previous
+    checkpoint intact instead of a truncated one that ``--resume`` would fail on."""
+    write_atomically(path, model.save)
 
 
 def read_state(out_dir: Path) -> Optional[TrainState]:

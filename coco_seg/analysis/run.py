@@ -17,9 +17,7 @@ import base64
 import hashlib
 import importlib.util
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from coco_seg import metrics
+from coco_seg.atomic import write_atomically as _atomic_write
 from coco_seg.config import Config
 from coco_seg.visualizers import denormalize_image
 
@@ -89,19 +88,6 @@ def analysis_model(model_path: Path, config: Config, *,
         return next(o for o in outputs if o.ndim == 4), next(o for o in outputs if o.ndim == 2)
 
     return predict
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.chmod(temp, 0o644)  # mkstemp creates 0600; results are for sharing like any other output file
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, payload: Any) -> None:
