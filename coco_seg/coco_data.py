@@ -1,13 +1,16 @@
 """COCO splits → the ordered, validated list of samples the binder serves.
 
-Algorithm: the instances JSON is read once and indexed with pycocotools. A labeled split keeps every image with at
-least one annotation (crowd included) of a target class, plus — when ``data.background_share`` > 0 — an evenly
-spaced, deterministic pick of background-only images; samples are ordered by COCO image id and the sample id is
-the image id as a string. Every kept image is checked here, before the engine's per-sample loop: file name
-confined to the image folder, file present, non-empty and not truncated, pixel size in the file header (JPEG/PNG)
-equal to the annotation's width and height, annotations with a known category and a usable segmentation. A bad
-sample raises :class:`DataError` (``on_bad_sample: error``) or is left out, counted and listed
-(``on_bad_sample: skip``): kept + skipped = found, always. ``sample_limit_per_split`` applies last.
+Algorithm: the instances JSON is parsed once (orjson, with the garbage collector paused: a COCO file is millions
+of small objects, and the collector's repeated full passes over them would cost more than the parse) and indexed in
+one pass over its annotations — by image, keeping file order, noting the images with a target class on the way. A
+labeled split keeps every image with at least one annotation (crowd included) of a target class, plus — when
+``data.background_share`` > 0 — an evenly spaced, deterministic pick of background-only images; samples are ordered
+by COCO image id and the sample id is the image id as a string. Every kept image is checked here, before the
+engine's per-sample loop: file name confined to the image folder, file present, non-empty and not truncated, pixel
+size in the file header (JPEG/PNG) equal to the annotation's width and height, annotations with a known category
+and a usable segmentation. A bad sample raises :class:`DataError` (``on_bad_sample: error``) or is left out,
+counted and listed (``on_bad_sample: skip``): kept + skipped = found, always. ``sample_limit_per_split`` applies
+last. The annotation side is cached (coco_seg.index_cache), so later runs skip the parse.
 The unlabeled split is every image file of its folder, ordered by file name.
 
 Each split's outcome is written to ``<reports_dir>/bad_samples_<split>.json`` (temporary file + rename, so a
@@ -17,7 +20,6 @@ these checks but then failed to decode (``failed_at_decode``; see coco_seg.sampl
 """
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -28,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from pycocotools.coco import COCO
+import orjson
 
 from coco_seg.atomic import write_json_atomically as _write_json_atomically
 from coco_seg.config import REPORTS_DIR_ENV_VAR, Config
 from coco_seg.images import ImageFileCheck, confined_path, inspect_image_file
-from coco_seg.index_cache import AnnotationScan, Annotations, Candidate, LazyAnnotations, cached_scan
+from coco_seg.index_cache import (AnnotationScan, Annotations, Candidate, LazyAnnotations, cached_scan,
+                                  collector_paused)
 
 try:  # POSIX: serialises report updates of engine worker processes; elsewhere the in-process lock must do
     import fcntl
@@ -70,11 +73,15 @@ class SampleRecord:
     """What preprocess knows about one sample, before anything is decoded."""
 
     sample_id: str
-    path: Path
+    file: str  # the image file's path (a str: preprocess makes 100k+ records, and pathlib objects cost 10x more)
     image_id: Optional[int] = None  # None for unlabeled images
     width: Optional[int] = None  # as annotated (original pixels)
     height: Optional[int] = None
     annotation_source: Annotations = ()  # the annotations, or where the index cache keeps them
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
     @property
     def annotations(self) -> tuple[dict, ...]:
@@ -122,13 +129,23 @@ def _read_annotations(path: Path, *, key: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{key}: annotation file {path} does not exist")
     try:
-        with open(path, "rb") as handle:
-            dataset = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{key}: annotation file {path} is not valid JSON ({error.msg} at line {error.lineno}, "
-                        f"column {error.colno}); is the download complete?") from None
-    except (OSError, UnicodeDecodeError) as error:
+        data = path.read_bytes()
+    except OSError as error:
         raise DataError(f"{key}: cannot read annotation file {path}: {error}") from None
+    try:
+        with collector_paused():
+            dataset = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson is strict (UTF-8 only, no NaN literals, 64-bit integers): the standard parser either accepts what it
+        # refused or gives the usual line and column
+        try:
+            with collector_paused():
+                dataset = json.loads(data)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{key}: annotation file {path} is not valid JSON ({error.msg} at line {error.lineno}, "
+                            f"column {error.colno}); is the download complete?") from None
+        except ValueError as error:  # UnicodeDecodeError included
+            raise DataError(f"{key}: cannot read annotation file {path}: {error}") from None
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list)
                                                 for k in ("images", "annotations", "categories")):
         raise DataError(f"{key}: {path} is not a COCO instances file (needs lists 'images', 'annotations', "
@@ -136,12 +153,14 @@ def _read_annotations(path: Path, *, key: str) -> dict[str, Any]:
     return dataset
 
 
-def _index(dataset: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    return coco
+def _images_by_id(dataset: dict[str, Any], *, key: str, source: Path) -> dict[Any, dict]:
+    images: dict[Any, dict] = {}
+    for position, image in enumerate(dataset["images"]):
+        if not isinstance(image, dict) or "id" not in image:
+            raise DataError(f"{key}: {source}: images[{position}] is not an image entry with an 'id' "
+                            f"(got {str(image)[:80]})")
+        images[image["id"]] = image
+    return images
 
 
 def _list_folder(folder: Path, *, key: str) -> dict[str, os.DirEntry]:
@@ -151,17 +170,20 @@ def _list_folder(folder: Path, *, key: str) -> dict[str, os.DirEntry]:
         return {entry.name: entry for entry in entries}
 
 
-def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry]) -> tuple[Path, ImageFileCheck]:
+def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry]) -> tuple[str, ImageFileCheck]:
     """The image path for ``file_name``, what is wrong with it (None when usable) and its header's pixel size.
     One folder listing is shared by all samples, so a plain file costs one stat and two small reads (a few hundred
     bytes each), never a path resolution or a decode."""
     entry = listing.get(file_name)
+    if entry is not None and "/" not in file_name and "\\" not in file_name and not entry.is_symlink():
+        path = entry.path  # a plain name listed in the folder (every COCO file): confined by construction
+    else:
+        try:
+            path = str(confined_path(folder, file_name, resolve_links=True))
+        except ValueError as error:
+            return str(folder / PurePosixPath(file_name).name), ImageFileCheck(str(error))
     try:
-        path = confined_path(folder, file_name, resolve_links=entry is None or entry.is_symlink())
-    except ValueError as error:
-        return folder / PurePosixPath(file_name).name, ImageFileCheck(str(error))
-    try:
-        size = entry.stat().st_size if entry is not None else path.stat().st_size
+        size = entry.stat().st_size if entry is not None else os.stat(path).st_size
     except OSError:
         return path, ImageFileCheck("image file is missing")
     return path, inspect_image_file(path, size=size)
@@ -178,6 +200,12 @@ def _size_problem(check: ImageFileCheck, image: dict) -> Optional[str]:
 
 def _annotation_problem(annotation: dict, image: dict, category_names: dict[int, str]) -> Optional[str]:
     """What makes an annotation unusable for a mask or for the metadata (None when fine)."""
+    segmentation = annotation.get("segmentation")
+    # The common case in a few lookups (this runs for every annotation of a COCO-scale file): a known category and a
+    # first polygon of at least 3 points with a positive area. Anything else takes the full check below.
+    if (type(segmentation) is list and segmentation and type(segmentation[0]) is list and len(segmentation[0]) >= 6
+            and annotation.get("category_id") in category_names and annotation.get("area", 0) > 0):
+        return None
     annotation_id = annotation.get("id")
     if annotation.get("category_id") not in category_names:
         return f"annotation {annotation_id} has unknown category id {annotation.get('category_id')!r}"
@@ -260,21 +288,39 @@ def _scan_annotations(config: Config, name: str, annotations_path: Path) -> Anno
     besides the JSON: this is the part the index cache keeps)."""
     annotations_key = _split_key(name, "annotations")
     dataset = _read_annotations(annotations_path, key=annotations_key)
-    coco = _index(dataset)
-    category_names = {cid: c.get("name") for cid, c in coco.cats.items()}
+    images = _images_by_id(dataset, key=annotations_key, source=annotations_path)
+    category_names = {c.get("id"): c.get("name") for c in dataset["categories"] if isinstance(c, dict)}
     class_of_category = _target_category_ids(config, dataset["categories"], key=annotations_key,
                                              source=annotations_path)
-    ignored = [f"annotation {a.get('id')} refers to image id {a.get('image_id')!r}, which is not in 'images'"
-               for a in dataset["annotations"] if a.get("image_id") not in coco.imgs]
-    with_class = {image_id for category_id in class_of_category for image_id in coco.catToImgs.get(category_id, ())
-                  if image_id in coco.imgs}
-    background_only = sorted(set(coco.imgs) - with_class)
+    annotations_of: dict[Any, list[dict]] = {}  # image id → its annotations, in file order
+    with_class: set = set()  # images with an annotation of a target class
+    ignored: list[str] = []
+    for position, annotation in enumerate(dataset["annotations"]):
+        if not isinstance(annotation, dict):
+            raise DataError(f"{annotations_key}: {annotations_path}: annotations[{position}] is not an object "
+                            f"(got {str(annotation)[:80]})")
+        image_id = annotation.get("image_id")
+        owned = annotations_of.get(image_id)
+        if owned is None:
+            if image_id not in images:
+                ignored.append(f"annotation {annotation.get('id')} refers to image id {image_id!r}, which is not in "
+                               f"'images'")
+                continue
+            owned = annotations_of[image_id] = []
+        owned.append(annotation)
+        if annotation.get("category_id") in class_of_category:
+            with_class.add(image_id)
+    background_only = sorted(set(images) - with_class)
     keep = sorted(with_class | set(_evenly_spaced(background_only, round(config.background_share * len(with_class)))))
     candidates = []
     for image_id in keep:
-        image = coco.imgs[image_id]
-        annotations = tuple(coco.imgToAnns.get(image_id, ()))
-        problem = next(filter(None, (_annotation_problem(a, image, category_names) for a in annotations)), None)
+        image = images[image_id]
+        annotations = tuple(annotations_of.get(image_id, ()))
+        problem = None
+        for annotation in annotations:
+            problem = _annotation_problem(annotation, image, category_names)
+            if problem is not None:
+                break
         candidates.append(Candidate(image_id, str(image.get("file_name", "")), image.get("width"),
                                     image.get("height"), problem, annotations))
     return AnnotationScan(category_names, class_of_category, ignored, candidates, from_cache=False)
@@ -308,8 +354,8 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
             problem = _size_problem(check, image)
         problem = problem or candidate.problem
         if problem is not None:
-            bad.append(BadSample(sample_id, str(path), problem))
-        records[sample_id] = SampleRecord(sample_id=sample_id, path=path, image_id=candidate.image_id,
+            bad.append(BadSample(sample_id, path, problem))
+        records[sample_id] = SampleRecord(sample_id=sample_id, file=path, image_id=candidate.image_id,
                                           width=candidate.width, height=candidate.height,
                                           annotation_source=candidate.annotations)
     split = SplitData(name=name, labeled=True, config=config, records=records,
@@ -347,8 +393,8 @@ def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
             problem = f"sample id {sample_id} already used by {records[sample_id].path.name}"
             sample_id = file_name
         if problem is not None:
-            bad.append(BadSample(sample_id, str(path), problem))
-        records[sample_id] = SampleRecord(sample_id=sample_id, path=path)
+            bad.append(BadSample(sample_id, path, problem))
+        records[sample_id] = SampleRecord(sample_id=sample_id, file=path)
     split = SplitData(name="unlabeled", labeled=False, config=config, records=records, class_of_category={},
                       category_names={}, found=len(names), images_dir=folder)
     _settle(split, bad, source=str(folder))

@@ -1,31 +1,38 @@
 """The annotation side of preprocess — read, index, select, check annotations — computed once and cached.
 
-Algorithm: the first preprocess of a split parses the instances JSON, indexes it with pycocotools and derives the
-category names, the class map, the candidate images in order (id, file name, size, annotation problem) and each
+Algorithm: the first preprocess of a split parses the instances JSON, indexes it and derives the category names, the class map, the candidate images in order (id, file name, size, annotation problem) and each
 candidate's annotations. That is written under ``<cache dir>/index/<key>``: ``<key>.blob`` holds one JSON line of
 annotations per candidate and ``<key>.json`` everything else plus the byte offsets of those lines. The key hashes
 the annotation file's identity (resolved path, size, mtime) and every config value the selection depends on
 (label mode, classes, background_share) with the cache format version, so a changed file or config lands on a new
 key. Later runs read only the small JSON; a sample's annotations are read from the blob when the sample is
-decoded (one seek, one read, one ``json.loads``). Both files are written under temporary names and renamed into
+decoded (one seek, one read, one ``orjson.loads``). The first run serves its samples from the blob it has just
+written as well, so the parsed file (gigabytes of Python objects at COCO scale) is freed once the scan ends; it
+keeps them in memory only when the cache cannot be written. The garbage collector is paused while the scan and the
+write run: they create millions of objects that all stay alive until the end, which the collector would otherwise
+walk again and again (more than doubling the time). Both files are written under temporary names and renamed into
 place, blob first, so a reader finds either no cache or a complete one; two processes building the same key at
 once each write a complete, identical cache and the last rename wins. Images are still checked on every run.
 """
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
+
+import orjson
 
 from coco_seg.atomic import write_atomically, write_json_atomically
 from coco_seg.config import Config
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # unchanged by the switch to orjson: the blob lines are the same JSON
 CACHE_DIR_ENV_VAR = "COCO_SEG_CACHE_DIR"
 
 
@@ -40,7 +47,7 @@ class LazyAnnotations:
     def load(self) -> tuple[dict, ...]:
         with open(self.blob, "rb") as handle:
             handle.seek(self.start)
-            return tuple(json.loads(handle.read(self.end - self.start)))
+            return tuple(orjson.loads(handle.read(self.end - self.start)))
 
 
 Annotations = Union[tuple[dict, ...], LazyAnnotations]
@@ -81,19 +88,24 @@ def cache_key(config: Config, annotations_path: Path) -> str:
 def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
     index, blob = folder / f"{key}.json", folder / f"{key}.blob"
     try:
-        payload = json.loads(index.read_text())
+        payload = orjson.loads(index.read_bytes())
     except (OSError, ValueError):
         return None
     if payload.get("format") != CACHE_FORMAT or not blob.is_file():
         return None
+    return _scan_from_rows(payload, blob, from_cache=True)
+
+
+def _scan_from_rows(payload: dict[str, Any], blob: Path, *, from_cache: bool) -> AnnotationScan:
     candidates = [Candidate(image_id, file_name, width, height, problem, LazyAnnotations(blob, start, end))
                   for image_id, file_name, width, height, problem, start, end in payload["candidates"]]
     return AnnotationScan(category_names={int(k): v for k, v in payload["category_names"].items()},
                           class_of_category={int(k): v for k, v in payload["class_of_category"].items()},
-                          ignored=payload["ignored"], candidates=candidates, from_cache=True)
+                          ignored=payload["ignored"], candidates=candidates, from_cache=from_cache)
 
 
-def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> None:
+def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> AnnotationScan:
+    """Write the cache of ``scan``; return the same scan with its annotations read from the new blob."""
     blob = folder / f"{key}.blob"
     offsets: list[tuple[int, int]] = []
 
@@ -101,7 +113,10 @@ def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> None:
         position = 0
         with open(temp, "wb") as stream:
             for candidate in scan.candidates:
-                line = json.dumps(list(candidate.annotations), separators=(",", ":")).encode() + b"\n"
+                try:
+                    line = orjson.dumps(candidate.annotations) + b"\n"
+                except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, which only the json fallback parses
+                    line = json.dumps(candidate.annotations, separators=(",", ":")).encode() + b"\n"
                 stream.write(line)
                 offsets.append((position, position + len(line)))
                 position += len(line)
@@ -112,6 +127,19 @@ def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> None:
     payload = {"format": CACHE_FORMAT, "category_names": scan.category_names,
                "class_of_category": scan.class_of_category, "ignored": scan.ignored, "candidates": rows}
     write_json_atomically(folder / f"{key}.json", payload, indent=None)
+    return _scan_from_rows(payload, blob, from_cache=False)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees memory) and restore its state after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], AnnotationScan]) -> AnnotationScan:
@@ -127,12 +155,14 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
     cached = _read_cache(folder, key)
     if cached is not None:
         return cached
-    result = scan()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_cache(folder, key, result)
-    except OSError as error:
-        logger.warning("cannot write the preprocess index cache in %s (%s); the next run parses %s again",
-                       folder, error, annotations_path)
-    return result
-
+    with collector_paused():
+        result = scan()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lazy = _write_cache(folder, key, result)
+        except OSError as error:
+            logger.warning("cannot write the preprocess index cache in %s (%s); the next run parses %s again",
+                           folder, error, annotations_path)
+            return result
+        del result  # the parsed annotations, freed while the collector is still paused (else it walks them once)
+        return lazy

@@ -57,7 +57,7 @@ class DecodedSample:
 
 
 def _where(record: SampleRecord, split: SplitData) -> str:
-    return f"sample {record.sample_id} of split {split.name} ({record.path})"
+    return f"sample {record.sample_id} of split {split.name} ({record.file})"
 
 
 def _decode(record: SampleRecord, split: SplitData) -> DecodedSample:
@@ -65,7 +65,7 @@ def _decode(record: SampleRecord, split: SplitData) -> DecodedSample:
     where = _where(record, split)
     size = config.image_size
     try:
-        image, (width, height) = decode_rgb(record.path, size=size)
+        image, (width, height) = decode_rgb(record.file, size=size)
     except ImageDecodeError as error:
         raise SampleError(f"{where}: {error}") from None
     metadata = image_metadata(image, width=width, height=height)
@@ -118,7 +118,7 @@ def _decode_or_placeholder(record: SampleRecord, split: SplitData) -> DecodedSam
         # Not an expected decode failure: keep the traceback in the log, it may be a bug rather than bad data.
         logger.exception("unexpected error decoding %s", _where(record, split))
         reason = f"unexpected {type(error).__name__} while decoding: {error}"
-    record_decode_failure(split, BadSample(record.sample_id, str(record.path), reason))
+    record_decode_failure(split, BadSample(record.sample_id, record.file, reason))
     return _placeholder(record, split, reason=reason)
 
 
