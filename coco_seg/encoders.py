@@ -11,7 +11,10 @@ from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """(S, S, 3) uint8 RGB → float32 in [-1, 1], as MobileNetV2 expects (``pixel / 127.5 - 1``)."""
-    return image.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+    normalized = image.astype(np.float32)  # one array, scaled and shifted in place (same float32 arithmetic)
+    normalized *= np.float32(1 / 127.5)
+    normalized -= np.float32(1.0)
+    return normalized
 
 
 def encode_image(split: SplitData, sample_id: str) -> np.ndarray:

@@ -42,11 +42,23 @@ def class_unions(annotations: Iterable[Mapping[str, Any]], *, height: int, width
                  class_of_category: Mapping[int, int]) -> dict[int, dict]:
     """One RLE per target class: the union of its instances (crowd regions included)."""
     rles_by_class: dict[int, list[dict]] = {}
+    polygons_by_class: dict[int, list[list[float]]] = {}
     for annotation in annotations:
         target = class_of_category.get(annotation["category_id"])
-        if target is not None:
+        if target is None:
+            continue
+        segmentation = annotation["segmentation"]
+        if isinstance(segmentation, list):
+            # every polygon of the class goes to pycocotools in one call: a union does not need them by instance
+            polygons = [p for p in segmentation if len(p) >= 6]
+            if not polygons:
+                raise AnnotationError("polygon segmentation has no polygon with 3 or more points")
+            polygons_by_class.setdefault(target, []).extend(polygons)
+        else:
             rles_by_class.setdefault(target, []).append(
-                segmentation_to_rle(annotation["segmentation"], height=height, width=width))
+                segmentation_to_rle(segmentation, height=height, width=width))
+    for target, polygons in polygons_by_class.items():
+        rles_by_class.setdefault(target, []).extend(mask_utils.frPyObjects(polygons, height, width))
     return {target: mask_utils.merge(rles) if len(rles) > 1 else rles[0] for target, rles in rles_by_class.items()}
 
 
@@ -81,10 +93,12 @@ def paint(unions: Mapping[int, dict], *, height: int, width: int, num_target_cla
         union = unions.get(target)
         if union is None:
             continue
-        pixels = mask_utils.decode(union)
+        pixels = mask_utils.decode(union)  # (H, W) in column-major order
         if out_size is not None:
-            pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_NEAREST)
-        mask[pixels.astype(bool)] = target
+            # Resampled through its row-major transpose (a view): OpenCV would first copy a column-major array,
+            # which costs 10x the resampling. Nearest picks rows and columns independently, so this is the same.
+            pixels = cv2.resize(pixels.T, (out_size, out_size), interpolation=cv2.INTER_NEAREST).T
+        np.putmask(mask, pixels, np.uint8(target))
     return mask
 
 
