@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import orjson
 import pytest
 from pycocotools.coco import COCO
 
@@ -362,4 +363,31 @@ def test_missing_data_root_names_the_key(tmp_path):
 def test_class_missing_from_the_annotation_file_is_named(tmp_path, editable):
     damage_annotations(editable, lambda d: d.update(categories=[c for c in d["categories"] if c["name"] != "car"]))
     with pytest.raises(DataError, match="no category named car"):
+        load(tmp_path, data_tree(editable))
+
+
+def test_a_file_only_the_standard_parser_reads_still_loads(tmp_path, editable):
+    """orjson is strict; a file it refuses (here a NaN literal in an unrelated field) goes through json instead."""
+    _, before = load(tmp_path, data_tree(editable))
+    path = editable / "annotations" / "instances_train2017.json"
+    dataset = json.loads(path.read_text())
+    dataset["info"] = {"score": float("nan")}
+    path.write_text(json.dumps(dataset))  # json writes the literal NaN, which orjson refuses
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(path.read_bytes())
+    _, after = load(tmp_path, data_tree(editable))
+    assert after.sample_ids == before.sample_ids
+    assert [after.records[i].annotations for i in after.sample_ids] == \
+        [before.records[i].annotations for i in before.sample_ids]
+
+
+@pytest.mark.parametrize("entry, where", [("images", "images[3] is not an image entry with an 'id'"),
+                                          ("annotations", "annotations[3] is not an object")])
+def test_a_malformed_entry_names_its_list_and_position(tmp_path, editable, entry, where):
+    def damage(dataset):
+        dataset[entry][3] = ["not", "an", "object"] if entry == "annotations" else {"file_name": "x.jpg"}
+
+    damage_annotations(editable, damage)
+    with pytest.raises(DataError, match=r"data\.splits\.training\.annotations: .*instances_train2017\.json: "
+                                        + where.replace("[", r"\[").replace("]", r"\]")):
         load(tmp_path, data_tree(editable))

@@ -89,3 +89,33 @@ def test_an_unwritable_cache_costs_only_the_speed_up(tmp_path, monkeypatch, gene
     monkeypatch.setenv(index_cache.CACHE_DIR_ENV_VAR, str(blocker))
     split = load(tmp_path, data_tree(generated_root))
     assert split.sample_ids and "cannot write the preprocess index cache" in caplog.text
+
+
+def test_the_first_run_serves_annotations_from_the_blob_it_wrote(tmp_path, private_cache, generated_root):
+    """The first run frees the parsed file: its records read their annotations from the new blob, as later runs."""
+    from coco_seg.index_cache import LazyAnnotations
+
+    first = load(tmp_path, data_tree(generated_root))
+    sources = [record.annotation_source for record in first.records.values()]
+    assert all(isinstance(source, LazyAnnotations) for source in sources)
+    assert {source.blob.parent for source in sources} == {private_cache}
+    second = load(tmp_path, data_tree(generated_root))
+    assert snapshot(second) == snapshot(first)
+
+
+def test_the_collector_pause_restores_its_state(monkeypatch):
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with index_cache.collector_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("the scan failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with index_cache.collector_paused():
+            pass
+        assert not gc.isenabled()  # a pause inside a pause leaves the outer one in charge
+    finally:
+        gc.enable()
