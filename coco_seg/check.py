@@ -57,13 +57,20 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
                               ("unlabeled", DataStateEnum.unlabeled)):
         if state_name == "unlabeled" and "unlabeled" not in config.splits:
             continue
-        sample_ids = loader._preprocess_result()[state].sample_ids[:SAMPLES_PER_SPLIT]
-        for sample_id in sample_ids:
+        response = loader._preprocess_result()[state]
+        for sample_id in response.sample_ids[:SAMPLES_PER_SPLIT]:
             sample = loader.get_sample(state, sample_id)
             image = sample.inputs["image"]
             entry = {"split": state_name, "sample_id": sample_id, "image": [list(image.shape), str(image.dtype)],
                      "metadata_none": sorted(k for k, v in sample.metadata_is_none.items() if v)}
             where = f"{state_name} sample {sample_id}"
+            failure = getattr(response.data, "failed_at_decode", {}).get(sample_id)
+            if failure is not None:  # served as a placeholder (ignored GT, missing metadata): say why, not what
+                listed = f"; listed in {response.data.report_path}" if response.data.report_path else ""
+                report["problems"].append(f"{where} ({failure.file}) failed to decode: {failure.reason} (served as "
+                                          f"a placeholder{listed})")
+                report["samples"].append(entry)
+                continue
             if image.shape != (size, size, 3) or image.dtype != np.float32:
                 report["problems"].append(f"{where}: image is {image.shape} {image.dtype}, expected "
                                           f"({size}, {size}, 3) float32")

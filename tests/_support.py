@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -91,3 +93,13 @@ def subprocess_env(*, home: Optional[Path] = None, **extra: str) -> dict[str, st
     return {"TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin",
             "HOME": str(home or Path.home()), "COCO_SEG_REPORTS_DIR": os.environ["COCO_SEG_REPORTS_DIR"],
             "COCO_SEG_CACHE_DIR": os.environ["COCO_SEG_CACHE_DIR"], **extra}
+
+
+def corrupt_jpeg_middle(path: Path) -> None:
+    """Zero everything between the frame header and the end marker: the header (size) and the trailer stay valid,
+    so preprocess's checks pass, but the decoder finds no tables and no scan."""
+    data = path.read_bytes()
+    frame = data.index(b"\xff\xc0")
+    frame_end = frame + 2 + int.from_bytes(data[frame + 2:frame + 4], "big")
+    path.write_bytes(data[:frame_end] + bytes(len(data) - frame_end - 2) + data[-2:])
+    assert cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None, "fixture must not decode"

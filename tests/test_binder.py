@@ -1,5 +1,6 @@
 """leap_binder.py under the Tensorleap engine's own loader and its integration test, on both datasets and modes."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,11 @@ import pytest
 import yaml
 
 from coco_seg.check import engine_check, integration_test
+from coco_seg.coco_data import load_labeled_split
 from coco_seg.config import load_config
 from coco_seg.export import export_model, model_card_for
 from coco_seg.model import build_unet
-from _support import REPO_ROOT, subprocess_env, write_config
+from _support import REPO_ROOT, corrupt_jpeg_middle, subprocess_env, write_config
 
 IMAGE_SIZE = 64  # small model input keeps the engine checks quick; the demo test covers the default 128
 
@@ -102,6 +104,23 @@ def test_check_command_passes_and_fails_with_the_right_exit_status(tmp_path, gen
     failed = run_cli("--config", str(missing), "check")
     assert failed.returncode == 1
     assert "[FAIL] integration test" in failed.stdout and "model.path" in failed.stdout
+
+
+def test_check_names_a_sample_that_fails_to_decode_instead_of_its_placeholder(tmp_path, generated_root, models):
+    """A file that passes preprocess but does not decode is served as a placeholder; the check must say so, not
+    report the placeholder's ignored mask and missing metadata as if the encoders were broken."""
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    config_path = binder_config(tmp_path, {"data": {"root": str(root)}}, "category", models["category"])
+    config = load_config(config_path)
+    split = load_labeled_split(config, "training", data_root=config.data_root)
+    first = split.records[split.sample_ids[0]]
+    corrupt_jpeg_middle(first.path)
+    failed = run_cli("--config", str(config_path), "check")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"training sample {first.sample_id} ({first.file}) failed to decode" in failed.stdout
+    assert "placeholder" in failed.stdout and "not one-hot" not in failed.stdout
+    assert "metadata is None" not in failed.stdout
 
 
 def test_leap_yaml_includes_every_file_the_binder_reads(tmp_path, generated_root, models):

@@ -36,7 +36,7 @@ from coco_seg.encoders import encode_image, encode_label_mask, encode_mask, samp
 from coco_seg.images import HEAD_BYTES, inspect_image_file
 from coco_seg.metadata import metadata_names
 from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
-from _support import REPO_ROOT, data_tree, write_config
+from _support import REPO_ROOT, corrupt_jpeg_middle, data_tree, write_config
 
 IMAGE_SIZE = 64
 
@@ -99,16 +99,6 @@ def class_images(root: Path) -> list[dict]:
 
 def read_report(reports: Path, split: str = "training") -> dict:
     return json.loads((reports / f"bad_samples_{split}.json").read_text())
-
-
-def corrupt_jpeg_middle(path: Path) -> None:
-    """Zero everything between the frame header and the end marker: the header (size) and the trailer stay valid,
-    so preprocess's checks pass, but the decoder finds no tables and no scan."""
-    data = path.read_bytes()
-    frame = data.index(b"\xff\xc0")
-    frame_end = frame + 2 + int.from_bytes(data[frame + 2:frame + 4], "big")
-    path.write_bytes(data[:frame_end] + bytes(len(data) - frame_end - 2) + data[-2:])
-    assert cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None, "fixture must not decode"
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, sample_id: str) -> list[str]:
