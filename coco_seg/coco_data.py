@@ -35,8 +35,8 @@ import orjson
 from coco_seg.atomic import write_json_atomically as _write_json_atomically
 from coco_seg.config import REPORTS_DIR_ENV_VAR, Config
 from coco_seg.images import ImageFileCheck, confined_path, inspect_image_file
-from coco_seg.index_cache import (AnnotationScan, Annotations, Candidate, LazyAnnotations, cached_scan,
-                                  collector_paused)
+from coco_seg.index_cache import (AnnotationScan, Annotations, Candidate, FileCheckMemo, LazyAnnotations,
+                                  cached_scan, collector_paused, file_identity)
 
 try:  # POSIX: serialises report updates of engine worker processes; elsewhere the in-process lock must do
     import fcntl
@@ -170,20 +170,30 @@ def _list_folder(folder: Path, *, key: str) -> dict[str, os.DirEntry]:
         return {entry.name: entry for entry in entries}
 
 
-def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry]) -> tuple[str, ImageFileCheck]:
+def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry],
+                memo: FileCheckMemo) -> tuple[str, ImageFileCheck]:
     """The image path for ``file_name``, what is wrong with it (None when usable) and its header's pixel size.
-    One folder listing is shared by all samples, so a plain file costs one stat and two small reads (a few hundred
-    bytes each), never a path resolution or a decode."""
+    One folder listing is shared by all samples, so a plain file costs one stat, plus — unless the memo knows the
+    unchanged file — two small reads (a few hundred bytes each); never a path resolution or a decode."""
     entry = listing.get(file_name)
     if entry is not None and "/" not in file_name and "\\" not in file_name and not entry.is_symlink():
         path = entry.path  # a plain name listed in the folder (every COCO file): confined by construction
-    else:
         try:
-            path = str(confined_path(folder, file_name, resolve_links=True))
-        except ValueError as error:
-            return str(folder / PurePosixPath(file_name).name), ImageFileCheck(str(error))
+            identity = file_identity(entry.stat())
+        except OSError:
+            return path, ImageFileCheck("image file is missing")
+        known = memo.get(file_name, identity)
+        if known is not None:
+            return path, ImageFileCheck(*known)
+        check = inspect_image_file(path, size=identity[0])
+        memo.put(file_name, identity, check.problem, check.dimensions)
+        return path, check
     try:
-        size = entry.stat().st_size if entry is not None else os.stat(path).st_size
+        path = str(confined_path(folder, file_name, resolve_links=True))
+    except ValueError as error:
+        return str(folder / PurePosixPath(file_name).name), ImageFileCheck(str(error))
+    try:
+        size = os.stat(path).st_size
     except OSError:
         return path, ImageFileCheck("image file is missing")
     return path, inspect_image_file(path, size=size)
@@ -335,6 +345,7 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
     images_dir = data_root / paths.images
     scan = cached_scan(config, annotations_path, lambda: _scan_annotations(config, name, annotations_path))
     listing = _list_folder(images_dir, key=_split_key(name, "images"))
+    memo = FileCheckMemo(images_dir)
     if scan.ignored and config.on_bad_sample == "error":
         raise DataError(f"{annotations_key}: {annotations_path}: {len(scan.ignored)} annotation(s) refer to no "
                         f"image, e.g. {scan.ignored[0]}. Set on_bad_sample: skip to ignore (and list) them.")
@@ -345,7 +356,7 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
     bad: list[BadSample] = []
     for candidate in scan.candidates:
         sample_id = str(candidate.image_id)
-        path, check = _check_file(images_dir, candidate.file_name, listing)
+        path, check = _check_file(images_dir, candidate.file_name, listing, memo)
         problem = check.problem
         image = {"width": candidate.width, "height": candidate.height}
         if problem is None and not (isinstance(candidate.width, int) and isinstance(candidate.height, int)):
@@ -358,6 +369,7 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
         records[sample_id] = SampleRecord(sample_id=sample_id, file=path, image_id=candidate.image_id,
                                           width=candidate.width, height=candidate.height,
                                           annotation_source=candidate.annotations)
+    memo.save(listing)
     split = SplitData(name=name, labeled=True, config=config, records=records,
                       class_of_category=scan.class_of_category, category_names=scan.category_names,
                       found=len(scan.candidates), ignored_annotations=scan.ignored,
@@ -382,12 +394,13 @@ def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
     key = _split_key("unlabeled", "images")
     folder = data_root / config.splits["unlabeled"].images
     listing = _list_folder(folder, key=key)
+    memo = FileCheckMemo(folder)
     records: dict[str, SampleRecord] = {}
     bad: list[BadSample] = []
     names = sorted(n for n, e in listing.items() if n.lower().endswith(IMAGE_SUFFIXES) and not e.is_dir())
     for file_name in names:
         sample_id = unlabeled_sample_id(file_name)
-        path, check = _check_file(folder, file_name, listing)
+        path, check = _check_file(folder, file_name, listing, memo)
         problem = check.problem
         if sample_id in records:
             problem = f"sample id {sample_id} already used by {records[sample_id].path.name}"
@@ -395,6 +408,7 @@ def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
         if problem is not None:
             bad.append(BadSample(sample_id, path, problem))
         records[sample_id] = SampleRecord(sample_id=sample_id, file=path)
+    memo.save(listing)
     split = SplitData(name="unlabeled", labeled=False, config=config, records=records, class_of_category={},
                       category_names={}, found=len(names), images_dir=folder)
     _settle(split, bad, source=str(folder))

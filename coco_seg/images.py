@@ -110,11 +110,13 @@ class ImageFileCheck:
     dimensions: Optional[tuple[int, int]] = None
 
 
-def _jpeg_dimensions(read_at: Callable[[int, int], bytes]) -> Optional[tuple[int, int]]:
-    """(width, height) from the first frame header, walking the marker segments after SOI; None when not found."""
+def _jpeg_dimensions(head: bytes, read_at: Callable[[int, int], bytes]) -> Optional[tuple[int, int]]:
+    """(width, height) from the first frame header, walking the marker segments after SOI; None when not found.
+    ``head`` is the start of the file; ``read_at`` reads beyond it."""
     offset = 2
     for _ in range(MAX_JPEG_SEGMENTS):
-        marker = read_at(offset, 4)
+        # most files reach the frame header within the head: slice it rather than call read_at
+        marker = head[offset:offset + 4] if offset + 4 <= len(head) else read_at(offset, 4)
         if len(marker) < 2 or marker[0] != 0xFF:
             return None
         code = marker[1]
@@ -127,8 +129,8 @@ def _jpeg_dimensions(read_at: Callable[[int, int], bytes]) -> Optional[tuple[int
         if code in (0xD9, 0xDA) or len(marker) < 4:  # end of image or scan data before any frame header
             return None
         if code in JPEG_FRAME_MARKERS:
-            frame = read_at(offset + 4, 5)  # sample precision (1 byte), height (2), width (2)
-            if len(frame) < 5:
+            frame = head[offset + 4:offset + 9] if offset + 9 <= len(head) else read_at(offset + 4, 5)
+            if len(frame) < 5:  # sample precision (1 byte), height (2), width (2)
                 return None
             height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
             return (width, height) if width and height else None  # height 0 = defined later by a DNL marker
@@ -178,15 +180,11 @@ def inspect_image_file(path: Union[Path, str], *, size: int) -> ImageFileCheck:
         head = _pread(descriptor, HEAD_BYTES, 0)
         tail = _pread(descriptor, TAIL_BYTES, max(0, size - TAIL_BYTES))
 
-        def read_at(offset: int, count: int) -> bytes:
-            if offset + count <= len(head):
-                return head[offset:offset + count]
-            return _pread(descriptor, count, offset)
-
         if head.startswith(JPEG_START):
             if JPEG_END not in tail:
                 return ImageFileCheck("JPEG file is truncated (no end-of-image marker)")
-            return ImageFileCheck(None, _jpeg_dimensions(read_at))
+            return ImageFileCheck(None, _jpeg_dimensions(head, lambda offset, count: _pread(descriptor, count,
+                                                                                            offset)))
     except OSError as error:
         return ImageFileCheck(f"image file cannot be read: {error.strerror}")
     finally:

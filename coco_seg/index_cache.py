@@ -12,7 +12,13 @@ keeps them in memory only when the cache cannot be written. The garbage collecto
 write run: they create millions of objects that all stay alive until the end, which the collector would otherwise
 walk again and again (more than doubling the time). Both files are written under temporary names and renamed into
 place, blob first, so a reader finds either no cache or a complete one; two processes building the same key at
-once each write a complete, identical cache and the last rename wins. Images are still checked on every run.
+once each write a complete, identical cache and the last rename wins.
+
+Images are checked on every run, but a file's check (its problem and header size, see coco_seg.images) is not
+redone while the file is unchanged: :class:`FileCheckMemo` keeps the results per image folder under
+``<cache dir>/files/``, each under the file's identity — size, modification and status-change times (ns) and inode
+— which the folder listing's stat gives. Replacing, truncating or rewriting a file changes its status-change time,
+which no user call can set back, so a changed file is always checked again.
 """
 
 import contextlib
@@ -23,6 +29,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable, Iterator, Optional, Union
 
 import orjson
@@ -72,8 +79,12 @@ class AnnotationScan:
     from_cache: bool
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV_VAR) or Path.home() / ".cache" / "coco-seg")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV_VAR) or Path.home() / ".cache" / "coco-seg") / "index"
+    return cache_root() / "index"
 
 
 def cache_key(config: Config, annotations_path: Path) -> str:
@@ -166,3 +177,53 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
             return result
         del result  # the parsed annotations, freed while the collector is still paused (else it walks them once)
         return lazy
+
+
+FileIdentity = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def file_identity(stat: os.stat_result) -> FileIdentity:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+class FileCheckMemo:
+    """The file checks of one image folder from earlier runs, valid while each file's identity is unchanged.
+
+    ``get``/``put`` per file during preprocess, then one ``save`` (only when something was checked anew). Entries
+    of files no longer in the folder are dropped on save. Not thread-safe: one preprocess fills it.
+    """
+
+    def __init__(self, images_dir: Path) -> None:
+        digest = hashlib.sha256(f"{CACHE_FORMAT}:{images_dir.resolve()}".encode()).hexdigest()[:32]
+        self.path = cache_root() / "files" / f"{digest}.json"
+        try:
+            loaded = orjson.loads(self.path.read_bytes())
+            self._entries: dict[str, list] = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self._entries = {}
+        self._changed = False
+
+    def get(self, name: str, identity: FileIdentity) -> Optional[tuple[Optional[str], Optional[tuple[int, int]]]]:
+        """(problem, dimensions) found for ``name`` when it had this identity; None when unknown or changed."""
+        entry = self._entries.get(name)
+        if entry is None or len(entry) != 3 or tuple(entry[0]) != identity:
+            return None
+        return entry[1], None if entry[2] is None else (entry[2][0], entry[2][1])
+
+    def put(self, name: str, identity: FileIdentity, problem: Optional[str],
+            dimensions: Optional[tuple[int, int]]) -> None:
+        self._entries[name] = [list(identity), problem, None if dimensions is None else list(dimensions)]
+        self._changed = True
+
+    def save(self, present: Iterable[str]) -> None:
+        """Write the memo (atomically) when it changed, keeping the files in ``present`` (the folder's names).
+        A memo that cannot be written costs only the speed-up of the next run."""
+        if not self._changed:
+            return
+        names = set(present)
+        kept = {name: entry for name, entry in self._entries.items() if name in names}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, lambda temp: temp.write_bytes(orjson.dumps(kept)))
+        except OSError as error:
+            logger.debug("cannot write the file-check memo %s: %s", self.path, error)

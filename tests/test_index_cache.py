@@ -119,3 +119,40 @@ def test_the_collector_pause_restores_its_state(monkeypatch):
         assert not gc.isenabled()  # a pause inside a pause leaves the outer one in charge
     finally:
         gc.enable()
+
+
+def test_unchanged_files_are_not_read_again_and_changed_ones_are(tmp_path, private_cache, generated_root,
+                                                                 monkeypatch):
+    """The file-check memo: a later run stats every file but reads only those whose identity changed — including a
+    file rewritten in place with its old size and modification time."""
+    import os
+
+    from coco_seg import coco_data
+
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    tree = data_tree(root) | {"on_bad_sample": "skip"}
+    first = load(tmp_path, tree)
+    assert not first.skipped
+    inspected: list[str] = []
+    real_inspect = coco_data.inspect_image_file
+
+    def counting_inspect(path, *, size):
+        inspected.append(os.path.basename(path))
+        return real_inspect(path, size=size)
+
+    monkeypatch.setattr(coco_data, "inspect_image_file", counting_inspect)
+    again = load(tmp_path, tree)
+    assert inspected == [] and snapshot(again) == snapshot(first)
+
+    truncated, rewritten = (first.records[i] for i in first.sample_ids[:2])
+    Path(truncated.file).write_bytes(Path(truncated.file).read_bytes()[:-200])  # the end marker is gone
+    stat = os.stat(rewritten.file)
+    data = Path(rewritten.file).read_bytes()
+    Path(rewritten.file).write_bytes(b"\0" * 16 + data[16:])  # same size, no JPEG signature any more
+    os.utime(rewritten.file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old modification time
+    after = load(tmp_path, tree)
+    assert sorted(inspected) == sorted([Path(truncated.file).name, Path(rewritten.file).name])
+    reasons = {bad.sample_id: bad.reason for bad in after.skipped}
+    assert "truncated" in reasons[truncated.sample_id] and "not a JPEG or PNG" in reasons[rewritten.sample_id]
+    assert len(after.records) == len(first.records) - 2
