@@ -9,6 +9,9 @@ label per pixel by argmax over the class axis; per sample and class the pixels a
 * pixel accuracy = correct pixels / labelled pixels
 
 and the loss is the per-pixel categorical cross-entropy, averaged over the labelled pixels of each sample.
+The Tensorleap engine calls every metric and the loss separately on the same sample: what they share (validation,
+class planes, counts, per-pixel loss) is computed once per distinct content, in a small per-process memo keyed by
+the arrays' bytes (two samples at most); every function still returns new arrays of its own.
 Everything is computed in float32 (counts in int64) whatever the input dtype: the Tensorleap engine hands
 metrics and losses float16 arrays, and float16 logits as large as ±65504 are handled without overflow.
 
@@ -37,6 +40,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+from coco_seg.content_memo import ContentMemo, MemoEntry, read_only
 
 __all__ = [
     "DEFAULT_EPS",
@@ -106,9 +111,10 @@ def _check_pair(ground_truth, prediction) -> tuple[np.ndarray, np.ndarray]:
 # and at any float16 arithmetic. So each array is de-interleaved once into K contiguous (N*S, S) "planes" (cv2.split,
 # one pass) and all per-pixel work is elementwise plane operations, float16 ones in OpenCV (compare, max,
 # subtract-to-float32), which vectorises them natively. Pixel sets are uint8 masks, 255 = in the set (cv2.compare's
-# convention, so ~mask is the complement), combined with bitwise ops and tallied with cv2.reduce. Each public
-# function validates and de-interleaves its inputs exactly once (_prepare_pair); an all-finite prediction, the common
-# case, is recognised from one sum without any per-pixel finiteness work.
+# convention, so ~mask is the complement), combined with bitwise ops and tallied with cv2.reduce. Each distinct
+# (ground truth, prediction) content is validated and de-interleaved once (_Sample.pair, memoised by content in
+# _SAMPLE_MEMO across the engine's separate calls on one sample); an all-finite prediction, the common case, is
+# recognised from one sum without any per-pixel finiteness work.
 
 _FAST_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))  # handled natively; other dtypes become float32
 _ONE_BITS = {np.dtype(np.float16): (np.uint16, 0x3C00), np.dtype(np.float32): (np.uint32, 0x3F800000)}  # 1.0
@@ -117,22 +123,58 @@ _CV_MAX_CHANNELS = 128  # CV_CN_MAX of OpenCV 5: cv2 reads a wider last axis as 
 _MAX_INT32_MASK_SUM = (2**31 - 1) // 255  # pixels whose 255s an int32 sum holds
 
 
+class _Prediction(NamedTuple):
+    """A checked (N, S, S, K) prediction as class planes: (N*S, S) arrays, sample i in rows i*S... What is derived
+    from it (the methods) is computed once per content: values in its _PREDICTION_MEMO entry, all read-only, never
+    mutated. Holds no array of the caller's, so a memoised _Pair holding it stays valid whatever the caller does."""
+
+    memo: MemoEntry                 # its entry in _PREDICTION_MEMO
+    n: int                          # samples
+    scores: np.ndarray              # (K, N*S, S) float16/float32 planes, zeroed at invalid pixels
+    invalid: np.ndarray | None      # mask: where the prediction holds NaN/Inf; None when there is no such pixel
+
+    def top(self) -> np.ndarray:
+        """(N*S, S) max over the classes, in the scores' dtype (see _plane_max)."""
+        return self.memo.get("top", lambda: read_only(_plane_max(self.scores)))
+
+    def probability_samples(self, atol: float) -> tuple[bool, ...]:
+        """Per sample: taken as probabilities (see _probability_samples)."""
+        return self.memo.get(("probability samples", atol), lambda: tuple(
+            _probability_samples(self.scores, self.invalid, self.top(), self.n, atol)))
+
+    def logit_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(K, N*S, S) float32 shifted logits ``x - max`` and their exps (shared by the loss and the softmax)."""
+        def compute():
+            shifted = _shifted_logits(self.scores, self.top())
+            return read_only(shifted), read_only(_exp(shifted))  # exp(x - max) cannot overflow; exp(-inf) = 0
+        return self.memo.get("logit terms", compute)
+
+    def labels(self) -> np.ndarray:
+        """(N*S, S) uint8 argmax of the scores (0 at invalid pixels, whose scores are zeroed); see _argmax_labels."""
+        return self.memo.get("labels", lambda: read_only(_argmax_labels(self.scores)))
+
+
 class _Pair(NamedTuple):
-    """A validated (ground truth, prediction) batch as class planes: (N*S, S) arrays, sample i in rows i*S..."""
+    """A validated (ground truth, prediction) batch as class planes: (N*S, S) arrays, sample i in rows i*S...
+
+    Shared through _SAMPLE_MEMO, so its arrays are read-only: work on them makes new arrays."""
 
     n: int                          # samples
     k: int                          # classes
-    masks: np.ndarray               # (3, K, N*S, S): [0] the ground-truth class masks; [1] and [2] room for the
-                                    # predicted and true-positive masks of _class_counts, so one call tallies all
+    gt_masks: np.ndarray            # (K, N*S, S) masks: where the ground truth is each class
     labelled: np.ndarray            # mask: where the ground-truth pixel is labelled (not all zeros)
     all_labelled: bool              # no ground-truth pixel is ignored
-    scores: np.ndarray              # (K, N*S, S) float16/float32 prediction planes, zeroed at invalid pixels
-    invalid: np.ndarray | None      # mask: where the prediction holds NaN/Inf; None when there is no such pixel
+    prediction: _Prediction
 
     @property
-    def gt_masks(self) -> np.ndarray:
-        """(K, N*S, S) masks: where the ground truth is each class."""
-        return self.masks[0]
+    def scores(self) -> np.ndarray:
+        """(K, N*S, S) float16/float32 prediction planes, zeroed at invalid pixels."""
+        return self.prediction.scores
+
+    @property
+    def invalid(self) -> np.ndarray | None:
+        """Mask: where the prediction holds NaN/Inf; None when there is no such pixel."""
+        return self.prediction.invalid
 
 
 def _split(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -180,19 +222,18 @@ def _check_ground_truth_values(gt: np.ndarray, shape: tuple) -> None:
 
 
 def _ground_truth_masks(ground_truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Validate a (N, S, S, K) one-hot ground truth; return its class masks (in [0] of a (3, K, N*S, S) array, see
-    _Pair), its labelled-pixel mask and whether every pixel is labelled."""
+    """Validate a (N, S, S, K) one-hot ground truth; return its (K, N*S, S) class masks, its labelled-pixel mask
+    and whether every pixel is labelled."""
     gt = np.ascontiguousarray(ground_truth if ground_truth.dtype in _FAST_DTYPES else ground_truth.astype(np.float32))
     n, h, w, k = gt.shape
-    masks = np.empty((3, k, n * h, w), np.uint8)
+    gt_masks = np.empty((k, n * h, w), np.uint8)
     if not gt.size:
-        return masks, np.zeros((n * h, w), np.uint8), True
+        return gt_masks, np.zeros((n * h, w), np.uint8), True
     flat = gt.reshape(n * h, w * k)
     bits, one = _ONE_BITS[gt.dtype]
     ones = (flat.view(bits) == one).view(np.uint8)  # exactly 1.0 has a single bit pattern (an integer compare)
     np.negative(ones, out=ones)  # 1 → 255
-    _split(ones.reshape(n, h, w, k), out=masks[0])
-    gt_masks = masks[0]
+    _split(ones.reshape(n, h, w, k), out=gt_masks)
     labelled = gt_masks[0] | gt_masks[1]
     for mask in gt_masks[2:]:
         labelled |= mask
@@ -202,7 +243,7 @@ def _ground_truth_masks(ground_truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
     n_ones, n_labelled = cv2.countNonZero(ones), cv2.countNonZero(labelled)
     if cv2.countNonZero(flat.view(_SIGNED_VIEW[gt.dtype])) != n_ones or n_labelled != n_ones:
         _check_ground_truth_values(gt, ground_truth.shape)
-    return masks, labelled, n_labelled == labelled.size
+    return gt_masks, labelled, n_labelled == labelled.size
 
 
 def _float32_scores(prediction: np.ndarray) -> np.ndarray:
@@ -234,12 +275,148 @@ def _score_planes(prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray | None
     return planes, invalid.view(np.uint8) * np.uint8(255)
 
 
-def _prepare_pair(ground_truth, prediction) -> _Pair:
-    """Validate a (ground truth, prediction) batch and de-interleave both, once per public call."""
+# The engine calls each metric, the loss and each visualizer of a sample separately, each on its own copy of the same
+# arrays. Memoised by content, what they share is computed once per sample: per (ground truth, prediction) the
+# validated pair, the counts and the per-pixel loss (_SAMPLE_MEMO); per prediction its planes, argmax and softmax
+# terms (_PREDICTION_MEMO, also used by the visualizers that get the prediction alone). Two entries each: the sample
+# being worked on and the one before (a call on an older sample is recomputed, as correct). Values are read-only;
+# the public functions return new arrays.
+_SAMPLE_MEMO = ContentMemo(entries=2)
+_PREDICTION_MEMO = ContentMemo(entries=2)
+
+
+def _prediction(prediction: np.ndarray, key: tuple | None = ()) -> _Prediction:
+    """The _Prediction of a checked (N, S, S, K) array. ``key``: its _PREDICTION_MEMO key when already known (None:
+    not memoised); computed when left out."""
+    memo = _PREDICTION_MEMO.entry(_PREDICTION_MEMO.key(prediction) if key == () else key)
+
+    def planes():
+        scores, invalid = _score_planes(prediction)
+        return read_only(scores), invalid if invalid is None else read_only(invalid)
+
+    return _Prediction(memo, prediction.shape[0], *memo.get("planes", planes))
+
+
+class _Sample(NamedTuple):
+    """A checked (ground truth, prediction) batch and its _SAMPLE_MEMO entry (found once per public call)."""
+
+    ground_truth: np.ndarray
+    prediction: np.ndarray
+    memo: MemoEntry
+
+    def pair(self) -> _Pair:
+        """The validated, de-interleaved batch."""
+        def prepare() -> _Pair:
+            gt_masks, labelled, all_labelled = _ground_truth_masks(self.ground_truth)  # validates first
+            prediction_key = None if self.memo.key is None else self.memo.key[1:]  # no second copy of the bytes
+            return _Pair(self.ground_truth.shape[0], self.ground_truth.shape[-1], read_only(gt_masks),
+                         read_only(labelled), all_labelled, _prediction(self.prediction, prediction_key))
+        return self.memo.get("pair", prepare)
+
+    def gt_labels(self) -> np.ndarray:
+        """(N*S, S) uint8 ground-truth class of every pixel, 0 at ignored ones (K <= 256)."""
+        return _gt_labels(self.memo, self.pair())
+
+    def label_pairs(self) -> np.ndarray:
+        """(N*S, S) ``g * (K + 1) + p`` of every pixel, g its ground-truth class and p its predicted class, K for
+        none (an ignored pixel; a NaN/Inf prediction): uint8 for K <= 15, else uint16 (K <= 255 only)."""
+        def compute() -> np.ndarray:
+            pair = self.pair()
+            k = pair.k
+            predicted = pair.prediction.labels()
+            if pair.invalid is not None:
+                predicted = predicted | (pair.invalid & np.uint8(k))  # the zeroed scores there gave label 0
+            combined = self.gt_labels().astype(np.uint8 if k <= _LABEL_PAIR_MAX_CLASSES else np.uint16)
+            if not pair.all_labelled:
+                combined |= ~pair.labelled & np.uint8(k)  # no ground-truth class (its label is 0 there)
+            combined *= k + 1
+            combined += predicted
+            return read_only(combined)
+        return self.memo.get("label pairs", compute)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_class_counts (read-only arrays); from a histogram of the label pairs when K <= 15."""
+        def compute():
+            pair = self.pair()
+            rows, w = pair.labelled.shape
+            if pair.k > _LABEL_PAIR_MAX_CLASSES or not pair.labelled.size or rows * w > pair.n * _MAX_HISTOGRAM_PIXELS:
+                return tuple(read_only(c) for c in _class_counts(pair))
+            return tuple(read_only(c) for c in _label_pair_counts(self.label_pairs(), pair.n, pair.k))
+        return self.memo.get("counts", compute)
+
+    def ratios(self) -> dict[str, np.ndarray]:
+        """Every per-sample result of the counts, computed together on the first call: "iou" and "dice" (N, K),
+        "mean_iou", "mean_dice" and "accuracy" (N,), all float32, read-only."""
+        def compute() -> dict[str, np.ndarray]:
+            tp, in_gt, predicted = self.counts()
+            if tp.shape[0] == 1 and tp.shape[1] <= _SCALAR_MAX_CLASSES and in_gt.sum() <= _SCALAR_MAX_PIXELS:
+                results = _one_sample_ratios(tp[0].tolist(), in_gt[0].tolist(), predicted[0].tolist())
+            else:
+                results = _ratios(tp, in_gt, predicted)
+            return {name: read_only(values) for name, values in results.items()}
+        return self.memo.get("ratios", compute)
+
+
+def _ratios(tp: np.ndarray, in_gt: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """_Sample.ratios from (N, K) int64 counts."""
+    both = in_gt + predicted
+    # [numerator, denominator][iou, dice]: TP / (TP + FP + FN), 2 TP / (2 TP + FP + FN), in float32; a numerator is
+    # 0 wherever its denominator is, so 0/0 gives the NaN of an absent class
+    counts = np.stack([tp, 2 * tp, both - tp, both]).astype(np.float32).reshape(2, 2, *tp.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = counts[0] / counts[1]
+        defined = counts[1] > 0
+        # np.nanmean semantics: the defined float32 ratios summed in float64, over their count
+        means = (np.sum(per_class, axis=2, dtype=np.float64, where=defined).astype(np.float32)
+                 / np.count_nonzero(defined, axis=2).astype(np.float32))
+        accuracy = tp.sum(axis=1).astype(np.float32) / in_gt.sum(axis=1).astype(np.float32)  # TP + FN = labelled
+    return {"iou": per_class[0], "dice": per_class[1], "mean_iou": means[0], "mean_dice": means[1],
+            "accuracy": accuracy}
+
+
+# One sample of few classes, the engine's case, is worked out on Python numbers: a few dozen numpy calls on (1, K)
+# arrays cost ~20 µs. The results are bit for bit those of the arrays: the counts (< 2^23) are exact float32
+# numbers, so rounding a float64 quotient to float32 gives the float32 quotient (double rounding is harmless for
+# division when 53 >= 2 * 24 + 2), and below 8 terms numpy sums sequentially, in class order, as Python does.
+_SCALAR_MAX_CLASSES = 7
+_SCALAR_MAX_PIXELS = 1 << 23
+
+
+def _one_sample_ratios(tp: list[int], in_gt: list[int], predicted: list[int]) -> dict[str, np.ndarray]:
+    """_Sample.ratios of one sample from its K counts (K <= _SCALAR_MAX_CLASSES, < 2^23 labelled pixels)."""
+    nan = math.nan
+    iou = [t / (g + p - t) if g + p - t else nan for t, g, p in zip(tp, in_gt, predicted)]
+    dice = [2 * t / (g + p) if g + p else nan for t, g, p in zip(tp, in_gt, predicted)]
+    iou, dice = (np.array([ratios], np.float32) for ratios in (iou, dice))  # float64 quotients → float32
+
+    def mean(ratios: np.ndarray) -> float:
+        defined = [value for value in ratios[0].tolist() if value == value]  # the float32 values, as floats
+        return float(np.float32(sum(defined))) / len(defined) if defined else nan
+
+    labelled = sum(in_gt)
+    return {"iou": iou, "dice": dice, "mean_iou": np.array([mean(iou)], np.float32),
+            "mean_dice": np.array([mean(dice)], np.float32),
+            "accuracy": np.array([sum(tp) / labelled if labelled else nan], np.float32)}
+
+
+def _validated_ground_truth_labels(array: np.ndarray, key: tuple | None) -> np.ndarray | None:
+    """(N*S, S) uint8 class labels (0 at ignored pixels; read-only) of ``array`` (whose ContentMemo key is ``key``)
+    if it is the ground truth of a pair already validated (memoised in _SAMPLE_MEMO), else None. Then they equal its
+    argmax (see label_map)."""
+    found = None if key is None else _SAMPLE_MEMO.find(key[0], position=0)
+    pair = None if found is None else found.stored("pair")
+    return None if pair is None else _gt_labels(found, pair)
+
+
+def _gt_labels(memo: MemoEntry, pair: _Pair) -> np.ndarray:
+    """_Sample.gt_labels of the pair memoised in ``memo``."""
+    return memo.get("gt labels", lambda: read_only(_mask_labels(pair.gt_masks)))
+
+
+def _sample(ground_truth, prediction) -> _Sample:
+    """Check the types and shapes of a (ground truth, prediction) batch and find its _SAMPLE_MEMO entry."""
     ground_truth, prediction = _check_pair(ground_truth, prediction)
-    masks, labelled, all_labelled = _ground_truth_masks(ground_truth)
-    scores, invalid = _score_planes(prediction)
-    return _Pair(ground_truth.shape[0], ground_truth.shape[-1], masks, labelled, all_labelled, scores, invalid)
+    return _Sample(ground_truth, prediction, _SAMPLE_MEMO.entry(_SAMPLE_MEMO.key(ground_truth, prediction)))
 
 
 def _argmax_masks(scores: np.ndarray, invalid: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
@@ -291,9 +468,34 @@ def _argmax_labels(scores: np.ndarray) -> np.ndarray:
     return labels
 
 
+_LABEL_PAIR_MAX_CLASSES = 15  # (K + 1)^2 label pairs fit a uint8, the type cv2.calcHist counts fast
+_MAX_HISTOGRAM_PIXELS = 1 << 24  # cv2.calcHist counts in float32: exact up to 2^24
+
+
+def _label_pair_counts(label_pairs: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_class_counts from (N*S, S) uint8 label pairs (see _Sample.label_pairs; K <= 15, at most 2^24 pixels a
+    sample): one histogram of the (K + 1)^2 pairs per sample."""
+    bins = (k + 1) ** 2
+    histograms = [cv2.calcHist([label_pairs[rows]], [0], None, [bins], [0, bins])
+                  for rows in _sample_rows(n, label_pairs.shape[0])]
+    if n == 1:  # on Python numbers: fewer, costly numpy calls on tiny arrays
+        counts = [int(count) for count in histograms[0].ravel().tolist()]  # [ground truth * (K + 1) + prediction]
+        rows = [counts[g * (k + 1):(g + 1) * (k + 1)] for g in range(k)]  # labelled ground truth only
+        tp, in_gt = [row[g] for g, row in enumerate(rows)], [sum(row) for row in rows]
+        predicted = [sum(row[c] for row in rows) for c in range(k)]
+        return tuple(np.array([values], np.int64) for values in (tp, in_gt, predicted))
+    pairs = np.stack(histograms).astype(np.int64).reshape(n, k + 1, k + 1)
+    tp = pairs.diagonal(axis1=1, axis2=2)[:, :k].copy()  # [sample, ground truth, prediction]
+    in_gt = pairs[:, :k, :].sum(axis=2)  # labelled pixels of each class, whatever the prediction
+    predicted = pairs[:, :k, :k].sum(axis=1)  # over labelled pixels only
+    return tp, in_gt, predicted
+
+
 def _class_counts(pair: _Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, K) int64 true positives, ground-truth pixels and predicted pixels (over labelled pixels) per class."""
-    k, masks = pair.k, pair.masks
+    k = pair.k
+    masks = np.empty((3, *pair.gt_masks.shape), np.uint8)  # ground truth, predicted, true positive: one tally
+    masks[0] = pair.gt_masks
     predicted = _argmax_masks(pair.scores, pair.invalid, out=masks[1])
     if not pair.all_labelled:
         predicted &= pair.labelled
@@ -336,9 +538,15 @@ def _probability_samples(scores: np.ndarray, invalid: np.ndarray | None, top: np
 
     The max over the classes (``top``) settles most logits at once; the min and the channel sums only when needed.
     """
+    # A pixel passes only if its float32 channel sum is >= 1 - atol, and that sum is at most K * its max * (1 + 2^-24)
+    # ** (K - 1) (each addition rounds up by at most 2^-24): a max below top_floor (a looser bound still) means logits,
+    # settled by the same minMaxLoc. Invalid pixels (zeroed, max 0) take no part in the test: only without them.
+    k = len(scores)
+    top_floor = (1 - float(np.float32(atol))) / (k * (1 + 2.0**-23) ** k) if invalid is None else -math.inf
     flags = []
     for rows in _sample_rows(n, top.shape[0]):
-        if cv2.minMaxLoc(top[rows])[1] > 1:
+        top_min, top_max = cv2.minMaxLoc(top[rows])[:2]
+        if top_max > 1 or top_min < top_floor:
             flags.append(False)
             continue
         if n == 1:  # the planes of one sample are one contiguous block: one call finds their minimum
@@ -380,16 +588,15 @@ def _shifted_logits(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
 
 
 def _exp(planes: np.ndarray) -> np.ndarray:
-    """exp of (K, R, S) float32 planes, in place, in one OpenCV call."""
+    """exp of (K, R, S) float32 planes, as a new array, in one OpenCV call."""
     k, rows, w = planes.shape
-    cv2.exp(planes.reshape(k * rows, w), dst=planes.reshape(k * rows, w))
-    return planes
+    return cv2.exp(planes.reshape(k * rows, w)).reshape(k, rows, w)
 
 
-def _probability_planes(scores: np.ndarray, invalid: np.ndarray | None, n: int, atol: float) -> np.ndarray:
-    """(K, N*S, S) float32 probabilities: per sample the renormalised probabilities or the softmax of the logits;
-    0 at invalid pixels."""
-    top = _plane_max(scores)
+def _probability_planes(prediction: _Prediction, atol: float) -> np.ndarray:
+    """(K, N*S, S) float32 probabilities (a new array): per sample the renormalised probabilities or the softmax of
+    the logits; 0 at invalid pixels."""
+    scores, invalid = prediction.scores, prediction.invalid
 
     def normalised() -> np.ndarray:
         planes = _float32(scores)
@@ -397,10 +604,10 @@ def _probability_planes(scores: np.ndarray, invalid: np.ndarray | None, n: int, 
         return np.divide(planes, total, out=np.zeros_like(planes), where=total > 0)
 
     def softmax() -> np.ndarray:
-        exps = _exp(_shifted_logits(scores, top))  # exp(x - max) cannot overflow; exp(-inf) = 0
-        return np.divide(exps, _plane_sum(exps), out=exps)
+        exps = prediction.logit_terms()[1]
+        return np.divide(exps, _plane_sum(exps))
 
-    planes = _by_sample(n, _probability_samples(scores, invalid, top, n, atol), normalised, softmax)
+    planes = _by_sample(prediction.n, prediction.probability_samples(atol), normalised, softmax)
     if invalid is not None:
         planes[:, invalid != 0] = 0
     return planes
@@ -409,7 +616,6 @@ def _probability_planes(scores: np.ndarray, invalid: np.ndarray | None, n: int, 
 def _pixel_loss(pair: _Pair, eps: float, atol: float) -> np.ndarray:
     """(N*S, S) float32 per-pixel cross-entropy of a prepared, non-empty pair (see pixel_cross_entropy)."""
     scores, gt_masks = pair.scores, pair.gt_masks
-    top = _plane_max(scores)
 
     def from_probabilities() -> np.ndarray:
         planes = _float32(scores)
@@ -425,11 +631,10 @@ def _pixel_loss(pair: _Pair, eps: float, atol: float) -> np.ndarray:
         # sum is 1 + rest and log1p(rest) keeps the tiny loss of a confident correct pixel accurate (log of 1 + 9e-5
         # in float32 would lose 3 digits). rest, the sum of all terms but one maximal one, is built without ever
         # adding that 1: the largest term so far is kept aside, and the smaller of it and the next term is added.
-        shifted = _shifted_logits(scores, top)
+        shifted, terms = pair.prediction.logit_terms()
         shifted_true = np.zeros_like(shifted[0])
         for s, mask in zip(shifted, gt_masks):
             cv2.copyTo(s, mask, shifted_true)
-        terms = _exp(shifted)
         kept, rest = terms[0], None
         for c in range(1, len(terms)):
             smaller = np.minimum(kept, terms[c])
@@ -438,31 +643,16 @@ def _pixel_loss(pair: _Pair, eps: float, atol: float) -> np.ndarray:
                 kept = np.maximum(kept, terms[c])
         loss = np.log1p(rest, out=rest)
         loss -= shifted_true  # >= 0: both parts are
-        if top.dtype != np.float16:
+        if scores.dtype != np.float16:
             np.minimum(loss, _FLOAT32_MAX, out=loss)  # a span beyond float32 gave +inf
         return loss
 
-    flags = _probability_samples(scores, pair.invalid, top, pair.n, atol)
-    loss = _by_sample(pair.n, flags, from_probabilities, from_logits)
+    loss = _by_sample(pair.n, pair.prediction.probability_samples(atol), from_probabilities, from_logits)
     if pair.invalid is not None:
         loss[pair.invalid != 0] = np.float32(-np.log(eps))
     if not pair.all_labelled:
         loss = cv2.copyTo(loss, pair.labelled, np.zeros_like(loss))  # ignored pixels: 0
     return loss
-
-
-def _safe_ratio(numerator, denominator) -> np.ndarray:
-    """numerator / denominator in float32, NaN where both are 0 (numerator is 0 wherever denominator is)."""
-    with np.errstate(invalid="ignore"):
-        return np.asarray(numerator, dtype=np.float32) / np.asarray(denominator, dtype=np.float32)
-
-
-def _ratio_means(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """(N, K) int counts → (N,): mean of the defined per-class ratios (denominator > 0) of each row, NaN if none is
-    (``np.nanmean`` of _safe_ratio's result: the same float32 ratios, summed in float64). numerator is 0 wherever
-    denominator is."""
-    ratios = numerator.astype(np.float32) / np.maximum(denominator, 1).astype(np.float32)  # 0 where undefined
-    return _safe_ratio(ratios.sum(axis=1, dtype=np.float64), (denominator > 0).sum(axis=1))
 
 
 # ------------------------------------------------------------------------------------------------ public API
@@ -496,8 +686,7 @@ def _probabilities(prediction: np.ndarray, atol: float | None) -> np.ndarray:
     n, h, w, k = prediction.shape
     if not prediction.size:
         return np.zeros((k, n * h, w), np.float32)
-    scores, invalid = _score_planes(prediction)
-    return _probability_planes(scores, invalid, n, _default_atol(prediction, atol))
+    return _probability_planes(_prediction(prediction), _default_atol(prediction, atol))
 
 
 def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -515,8 +704,8 @@ def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[
     Raises:
         ValueError: bad shapes (not 4-D, different shapes, K < 2) or a ground truth that is not finite one-hot.
     """
-    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
-    return tp, predicted - tp, in_gt - tp
+    tp, in_gt, predicted = _sample(ground_truth, prediction).counts()
+    return tp.copy(), predicted - tp, in_gt - tp
 
 
 def iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -530,8 +719,7 @@ def iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarra
         (N, K) float32 ``TP / (TP + FP + FN)``; NaN for a class absent from both the ground truth and the
         prediction of that sample (undefined, see the module policies).
     """
-    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
-    return _safe_ratio(tp, in_gt + predicted - tp)  # TP + FP + FN
+    return _sample(ground_truth, prediction).ratios()["iou"].copy()
 
 
 def mean_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -544,8 +732,7 @@ def mean_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     Returns:
         (N,) float32; finite for every sample with at least one labelled pixel, NaN for a fully ignored one.
     """
-    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
-    return _ratio_means(tp, in_gt + predicted - tp)
+    return _sample(ground_truth, prediction).ratios()["mean_iou"].copy()
 
 
 def dice_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -559,8 +746,7 @@ def dice_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarr
         (N, K) float32 ``2 TP / (2 TP + FP + FN)``; NaN for a class absent from both the ground truth and the
         prediction of that sample.
     """
-    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
-    return _safe_ratio(2 * tp, in_gt + predicted)  # 2 TP + FP + FN
+    return _sample(ground_truth, prediction).ratios()["dice"].copy()
 
 
 def mean_dice(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -573,8 +759,7 @@ def mean_dice(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     Returns:
         (N,) float32; finite for every sample with at least one labelled pixel, NaN for a fully ignored one.
     """
-    tp, in_gt, predicted = _class_counts(_prepare_pair(ground_truth, prediction))
-    return _ratio_means(2 * tp, in_gt + predicted)
+    return _sample(ground_truth, prediction).ratios()["mean_dice"].copy()
 
 
 def pixel_accuracy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -587,8 +772,7 @@ def pixel_accuracy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarr
     Returns:
         (N,) float32 in [0, 1]; NaN for a sample with no labelled pixel.
     """
-    tp, in_gt, _ = _class_counts(_prepare_pair(ground_truth, prediction))
-    return _safe_ratio(tp.sum(axis=1), in_gt.sum(axis=1))  # TP + FN = labelled pixels
+    return _sample(ground_truth, prediction).ratios()["accuracy"].copy()
 
 
 def pixel_cross_entropy(ground_truth: np.ndarray, prediction: np.ndarray, *, eps: float = DEFAULT_EPS,
@@ -607,19 +791,25 @@ def pixel_cross_entropy(ground_truth: np.ndarray, prediction: np.ndarray, *, eps
         confidently wrong logit can exceed ``-log(eps)``), the clipped log for probabilities, ``-log(eps)`` for a
         pixel whose prediction holds NaN/Inf, and 0 for an ignored pixel.
     """
-    return _checked_pixel_loss(ground_truth, prediction, eps, atol)[0]
+    return _checked_pixel_loss(ground_truth, prediction, eps, atol)[0].copy()
 
 
 def _checked_pixel_loss(ground_truth, prediction, eps: float, atol: float | None) -> tuple[np.ndarray, _Pair]:
-    """(N, S, S) float32 per-pixel loss and the prepared pair (whose labelled mask the mean needs)."""
+    """(N, S, S) float32 per-pixel loss (read-only, memoised) and the prepared pair (whose labelled mask the mean
+    needs)."""
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1); got {eps}")
-    pair = _prepare_pair(ground_truth, prediction)
-    n, h, w, _ = np.shape(prediction)
-    if not pair.labelled.size:
-        return np.zeros((n, h, w), np.float32), pair
-    loss = _pixel_loss(pair, eps, _default_atol(np.asarray(prediction), atol))
-    return loss.reshape(n, h, w), pair
+    sample = _sample(ground_truth, prediction)
+    pair = sample.pair()
+    atol = _default_atol(sample.prediction, atol)
+
+    def pixel_loss() -> np.ndarray:
+        n, h, w, _ = sample.prediction.shape
+        if not pair.labelled.size:
+            return read_only(np.zeros((n, h, w), np.float32))
+        return read_only(_pixel_loss(pair, eps, atol).reshape(n, h, w))
+
+    return sample.memo.get(("pixel loss", float(eps), atol), pixel_loss), pair
 
 
 def cross_entropy_loss(ground_truth: np.ndarray, prediction: np.ndarray, *, eps: float = DEFAULT_EPS,

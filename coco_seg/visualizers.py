@@ -14,9 +14,14 @@ import cv2
 import numpy as np
 
 from coco_seg import metrics
+from coco_seg.content_memo import ContentMemo, read_only
 
 # Speed: these run once per sample after inference, so they share metrics' one-pass internals (class planes,
-# uint8 masks, OpenCV float16 arithmetic) instead of reductions over the short class axis; see coco_seg.metrics.
+# uint8 masks, OpenCV float16 arithmetic) instead of reductions over the short class axis, and its memo of each
+# sample's validated planes and per-pixel loss; see coco_seg.metrics.
+
+# Every visualizer of a sample shows its image: memoised by content, it is denormalised once per sample.
+_IMAGE_MEMO = ContentMemo(entries=2)
 
 __all__ = [
     "confidence_heatmaps",
@@ -53,10 +58,20 @@ def denormalize_image(image: np.ndarray) -> np.ndarray:
         image: (S, S, 3) float in [-1, 1] (or (1, S, S, 3)).
 
     Returns:
-        (S, S, 3) uint8: ``round((x + 1) * 127.5)`` clipped to 0..255 (NaN becomes 0).
+        (S, S, 3) uint8: ``round((x + 1) * 127.5)`` clipped to 0..255 (NaN becomes 0). A new array on every call.
     """
     image = drop_batch_axis(image)
-    pixels = np.add(image, np.float32(1), dtype=np.float32, casting="unsafe")  # a float32 copy of x + 1
+    memo = _IMAGE_MEMO.entry(_IMAGE_MEMO.key(image))
+    return memo.get("denormalized", lambda: read_only(_denormalize(image))).copy()
+
+
+def _denormalize(image: np.ndarray) -> np.ndarray:
+    """denormalize_image of a (S, S, C) array, computed."""
+    if image.dtype == np.float16 and image.size:
+        # numpy converts float16 without SIMD (~5x slower than OpenCV); float32(x) + 1 is the same either way
+        pixels = cv2.add(image.reshape(image.shape[0], -1), 1.0, dtype=cv2.CV_32F).reshape(image.shape)
+    else:
+        pixels = np.add(image, np.float32(1), dtype=np.float32, casting="unsafe")  # a float32 copy of x + 1
     pixels *= np.float32(127.5)
     np.clip(pixels, np.float32(0), np.float32(255), out=pixels)  # NaN stays NaN here...
     if not pixels.size:
@@ -78,11 +93,12 @@ def label_map(one_hot_or_scores: np.ndarray) -> np.ndarray:
     scores = drop_batch_axis(one_hot_or_scores)
     if scores.shape[-1] > 256:
         raise ValueError(f"label_map supports at most 256 classes; got shape {scores.shape}")
-    planes, invalid = metrics._score_planes(scores[None])
-    labels = metrics._argmax_labels(planes)
-    if invalid is not None:
-        labels &= ~invalid  # NaN/Inf: 0
-    return labels
+    batch = scores[None]
+    key = metrics._PREDICTION_MEMO.key(batch)  # both memos key arrays alike
+    labels = metrics._validated_ground_truth_labels(batch, key)  # a ground truth the metrics already checked
+    if labels is None:
+        labels = metrics._prediction(batch, key).labels()  # 0 at NaN/Inf pixels (their scores are zeroed)
+    return labels.reshape(scores.shape[:-1]).copy()
 
 
 def error_map_labels(class_names: Sequence[str]) -> list[str]:
@@ -124,30 +140,15 @@ def error_map(ground_truth: np.ndarray, prediction: np.ndarray, *,
                          f"{ground_truth.shape[-1]} classes (shape {ground_truth.shape})")
     if 2 * len(class_names) - 1 > 256:
         raise ValueError(f"error_map supports at most 128 classes; got {len(class_names)}")
-    pair = metrics._prepare_pair(ground_truth[None], prediction[None])  # validates shapes and the one-hot
-    k = pair.k
     # Label K is "no class" on both sides: an ignored ground-truth pixel, a NaN/Inf prediction. Each
-    # (ground truth, prediction) label combination indexes a table of the codes.
-    predicted = metrics._argmax_labels(pair.scores)
-    if pair.invalid is not None:
-        predicted |= pair.invalid & np.uint8(k)  # the zeroed scores there gave label 0
-    combined = _gt_labels(pair).astype(np.uint16 if (k + 1) ** 2 > 256 else np.uint8, copy=False)
-    combined *= k + 1
-    combined += predicted
-    table = _error_code_table(k)
-    if combined.size and table.size == 256:
-        codes = cv2.LUT(combined, table)
+    # (ground truth, prediction) label pair indexes a table of the codes.
+    label_pairs = metrics._sample(ground_truth[None], prediction[None]).label_pairs()  # validates the one-hot
+    table = _error_code_table(len(class_names))
+    if label_pairs.size and table.size == 256:
+        codes = cv2.LUT(label_pairs, table)
     else:
-        codes = table[combined]
+        codes = table[label_pairs]
     return codes.reshape(ground_truth.shape[:-1]), error_map_labels(class_names)
-
-
-def _gt_labels(pair) -> np.ndarray:
-    """(S, S) uint8 ground-truth class of each pixel of a prepared pair, K at ignored pixels (K <= 128 here)."""
-    labels = metrics._mask_labels(pair.gt_masks)
-    if not pair.all_labelled:
-        labels |= ~pair.labelled & np.uint8(pair.k)
-    return labels
 
 
 @lru_cache(maxsize=None)

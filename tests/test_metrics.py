@@ -501,3 +501,153 @@ def test_empty_and_non_contiguous_inputs():
     assert not gt_view.flags.c_contiguous and not pred_view.flags.c_contiguous
     np.testing.assert_allclose(metrics.iou_per_class(gt_view, pred_view)[0], IOU, rtol=1e-6)
     np.testing.assert_allclose(metrics.pixel_cross_entropy(gt_view, pred_view), metrics.pixel_cross_entropy(gt, pred))
+
+
+# --- the per-sample memo: the engine's separate calls on one sample share one preparation (by content)
+
+def all_results(gt, pred) -> dict:
+    return {"counts": metrics.confusion_counts(gt, pred), "iou": metrics.iou_per_class(gt, pred),
+            "mean_iou": metrics.mean_iou(gt, pred), "dice": metrics.dice_per_class(gt, pred),
+            "mean_dice": metrics.mean_dice(gt, pred), "accuracy": metrics.pixel_accuracy(gt, pred),
+            "pixel_loss": metrics.pixel_cross_entropy(gt, pred), "loss": metrics.cross_entropy_loss(gt, pred),
+            "pixel_loss_eps": metrics.pixel_cross_entropy(gt, pred, eps=1e-3),
+            "probabilities": metrics.to_probabilities(pred)}
+
+
+def uncached_results(gt, pred) -> dict:
+    metrics._SAMPLE_MEMO.clear()
+    metrics._PREDICTION_MEMO.clear()
+    return all_results(gt, pred)
+
+
+def assert_same_results(got: dict, want: dict) -> None:
+    """Bit for bit (NaN where NaN), dtypes and shapes included."""
+    for name in want:
+        got_arrays, want_arrays = (x if isinstance(x, tuple) else (x,) for x in (got[name], want[name]))
+        assert len(got_arrays) == len(want_arrays)
+        for g, w in zip(got_arrays, want_arrays):
+            assert g.dtype == w.dtype, name
+            np.testing.assert_array_equal(g, w, err_msg=name, strict=True)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[8]], ids=["float16", "invalid-ignored", "mixed"])
+def test_memoised_results_equal_uncached_ones_for_any_call_order(case):
+    rng = np.random.default_rng(7)
+    samples = [random_case(rng, **case) for _ in range(3)]
+    want = [uncached_results(gt, pred) for gt, pred in samples]
+    # interleaved, repeated, each call on fresh copies (as the engine passes them)
+    for i in [0, 1, 0, 2, 2, 1, 0]:
+        gt, pred = samples[i]
+        assert_same_results(all_results(gt.copy(), pred.copy()), want[i])
+    # the order of the functions within a sample does not matter either
+    metrics._SAMPLE_MEMO.clear()
+    metrics._PREDICTION_MEMO.clear()
+    gt, pred = samples[0]
+    got = {"probabilities": metrics.to_probabilities(pred), "loss": metrics.cross_entropy_loss(gt, pred),
+           "pixel_loss": metrics.pixel_cross_entropy(gt, pred), "counts": metrics.confusion_counts(gt, pred)}
+    assert_same_results(got, {name: want[0][name] for name in got})
+
+
+def test_returned_arrays_are_the_callers_own():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    want = uncached_results(gt, pred)
+    got = all_results(gt, pred)
+    for value in got.values():
+        for array in value if isinstance(value, tuple) else (value,):
+            assert array.flags.writeable
+            array[...] = 99  # must not reach the memo
+    assert_same_results(all_results(gt, pred), want)
+
+
+def test_changing_the_input_in_place_gives_the_new_results():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    metrics.iou_per_class(gt, pred), metrics.cross_entropy_loss(gt, pred)
+    pred[0, 0, 0] = [-5, 5, -5]  # one more pixel predicted as class 1
+    gt[0, 3, 3] = 0  # one pixel ignored
+    assert_same_results(all_results(gt, pred), uncached_results(gt, pred))
+
+
+def test_memo_stays_bounded_and_holds_read_only_values():
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        gt, pred = random_case(rng, n=1, s=8, k=3, pred_dtype=np.float16)
+        all_results(gt, pred)
+    assert len(metrics._SAMPLE_MEMO) <= 2 and len(metrics._PREDICTION_MEMO) <= 2
+    for entry in metrics._SAMPLE_MEMO._entries + metrics._PREDICTION_MEMO._entries:
+        for value in entry._values.values():
+            arrays = [value] if isinstance(value, np.ndarray) else [v for v in value if isinstance(v, np.ndarray)]
+            if hasattr(value, "_fields"):  # a _Pair
+                arrays = [value.gt_masks, value.labelled, value.scores]
+            assert all(not array.flags.writeable for array in arrays)
+
+
+def test_validation_errors_are_raised_on_every_call():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    bad = gt.copy()
+    bad[0, 0, 0] = [1, 1, 0]
+    metrics.mean_iou(gt, pred)  # a valid entry of the same prediction in the memo
+    for _ in range(2):
+        with pytest.raises(ValueError, match="more than one class"):
+            metrics.mean_iou(bad, pred)
+        with pytest.raises(ValueError, match="more than one class"):
+            metrics.cross_entropy_loss(bad, pred)
+
+
+def test_one_sample_ratios_on_python_numbers_equal_the_array_computation():
+    rng = np.random.default_rng(12)
+    for k in range(2, metrics._SCALAR_MAX_CLASSES + 1):
+        for scale in [0, 3, 1000, 2**20] * 10:  # up to K * 2^20 < 2^23 labelled pixels, the scalar path's bound
+            in_gt = rng.integers(0, scale + 1, k) * rng.integers(0, 2, k)  # some classes absent
+            tp = (in_gt * rng.random(k)).astype(np.int64)
+            predicted = tp + rng.integers(0, scale + 1, k) * rng.integers(0, 2, k)
+            want = metrics._ratios(tp[None], in_gt[None], predicted[None])
+            got = metrics._one_sample_ratios(tp.tolist(), in_gt.tolist(), predicted.tolist())
+            assert got.keys() == want.keys()
+            for name in want:
+                assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, k={k}, scale={scale}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_probability_detection_at_the_edges_of_the_tolerance(dtype):
+    atol = 1e-2 if dtype == np.float16 else 1e-3
+    for k in (2, 3, 7):
+        uniform = np.full((1, 4, 4, k), 1 / k, dtype)  # the smallest max a probability vector can have
+        np.testing.assert_allclose(metrics.to_probabilities(uniform), 1 / k, rtol=1e-3)  # renormalised, not softmax
+        low_sum = np.full((1, 4, 4, k), (1 - atol / 2) / k, dtype)  # sums just inside the tolerance
+        np.testing.assert_allclose(metrics.to_probabilities(low_sum), 1 / k, rtol=1e-3)
+        too_low = np.full((1, 4, 4, k), (1 - 2 * atol) / k, dtype)  # logits: a softmax, uniform too
+        too_low[0, 0, 0, 0] = 0.9  # an uneven pixel tells a softmax from a renormalisation
+        got = metrics.to_probabilities(too_low)[0, 0, 0]
+        e = np.exp(too_low[0, 0, 0].astype(np.float64) - 0.9)
+        np.testing.assert_allclose(got, e / e.sum(), rtol=1e-5)
+        small = np.full((1, 4, 4, k), 0.01, dtype)
+        small[..., 0] = 1 - 0.01 * (k - 1)  # probabilities with a large max everywhere
+        want = small.astype(np.float64) / small.astype(np.float64).sum(-1, keepdims=True)
+        np.testing.assert_allclose(metrics.to_probabilities(small), want, rtol=1e-6)
+
+
+def test_concurrent_calls_on_different_samples_get_their_own_results():
+    import threading
+
+    rng = np.random.default_rng(13)
+    samples = [random_case(rng, n=1, s=12, k=3, pred_dtype=np.float16, ignored=0.1) for _ in range(4)]
+    want = [uncached_results(gt, pred) for gt, pred in samples]
+    failures = []
+
+    def worker(seed: int) -> None:
+        order = np.random.default_rng(seed).integers(0, len(samples), 40)
+        for i in order:
+            gt, pred = samples[i]
+            try:
+                assert_same_results(all_results(gt.copy(), pred.copy()), want[i])
+            except AssertionError as error:  # pragma: no cover - reported below
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(metrics._SAMPLE_MEMO) <= 2 and len(metrics._PREDICTION_MEMO) <= 2

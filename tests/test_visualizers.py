@@ -235,3 +235,56 @@ def test_confidence_heatmaps_and_loss_heatmap_match_metrics():
     probabilities = rng.dirichlet(np.ones(K), (16, 16)).astype(np.float32)
     np.testing.assert_allclose(visualizers.confidence_heatmaps(probabilities),
                                np.moveaxis(probabilities / probabilities.sum(-1, keepdims=True), -1, 0), atol=1e-6)
+
+
+def reference_denormalize(image: np.ndarray) -> np.ndarray:
+    """The definition, in numpy float32: round((x + 1) * 127.5) half to even, clipped to 0..255, NaN → 0."""
+    with np.errstate(invalid="ignore"):
+        pixels = (image.astype(np.float32) + np.float32(1)) * np.float32(127.5)
+        return np.nan_to_num(np.rint(np.clip(pixels, 0, 255)), nan=0.0).astype(np.uint8)
+
+
+def test_denormalize_float16_matches_the_definition_for_every_float16_value():
+    every_value = np.arange(2**16, dtype=np.uint16).view(np.float16)[:-1].reshape(-1, 5, 3)  # 65535 = 5 * 13107
+    for rows in np.array_split(every_value, 8):  # one image per chunk: all values, a memo miss each
+        np.testing.assert_array_equal(visualizers.denormalize_image(rows), reference_denormalize(rows))
+
+
+def test_every_visualizer_returns_arrays_of_its_own():
+    """The image and the sample's planes are memoised by content: a caller changing a result changes no later one."""
+    rng = np.random.default_rng(9)
+    image = rng.uniform(-1, 1, (8, 8, 3)).astype(np.float16)
+    gt = np.eye(K, dtype=np.float16)[rng.integers(0, K, (8, 8))]
+    pred = rng.normal(0, 3, (8, 8, K)).astype(np.float16)
+    pred[1, 2, 0] = np.nan
+
+    def results():
+        return [visualizers.denormalize_image(image.copy()), visualizers.label_map(gt.copy()),
+                visualizers.label_map(pred.copy()), visualizers.error_map(gt.copy(), pred, class_names=NAMES)[0],
+                visualizers.loss_heatmap(gt, pred.copy()), visualizers.confidence_heatmaps(pred.copy())]
+
+    first = results()
+    expected = [array.copy() for array in first]
+    for array in first:
+        assert array.flags.writeable
+        array[...] = 7
+    for again, want in zip(results(), expected):
+        np.testing.assert_array_equal(again, want)
+    image[0, 0] = -1  # new content: a new result
+    assert visualizers.denormalize_image(image)[0, 0].tolist() == [0, 0, 0]
+
+
+def test_label_map_of_a_ground_truth_the_metrics_checked_is_its_argmax():
+    from coco_seg import metrics
+
+    rng = np.random.default_rng(11)
+    gt = np.eye(K, dtype=np.float16)[rng.integers(0, K, (9, 7))]
+    gt[rng.random((9, 7)) < 0.2] = 0  # ignored pixels: 0
+    gt[0, 0] = np.array([-0.0, 1, -0.0], np.float16)  # -0 is a valid 0
+    pred = rng.normal(0, 3, (9, 7, K)).astype(np.float16)
+    metrics.mean_iou(gt[None], pred[None])  # the pair is validated and memoised
+    labels = visualizers.label_map(gt.copy())
+    np.testing.assert_array_equal(labels, reference_labels(gt))
+    labels[...] = 9  # the caller's own array
+    np.testing.assert_array_equal(visualizers.label_map(gt), reference_labels(gt))
+    np.testing.assert_array_equal(visualizers.label_map(pred), reference_labels(pred))  # not a ground truth
