@@ -133,8 +133,12 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20_000)  # ~1 min for two processes on 2 cores
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (benchmarks/run.py reads it)")
     args = parser.parse_args()
-    print_table(run(args.samples))
+    result = run(args.samples)
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Runs on ../shared/coco_sample (real COCO 2017 photos) when present, else on a ge
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -109,9 +110,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["all", "post-inference"], default="all",
                         help="post-inference: goal 4 alone")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (benchmarks/run.py reads it)")
     args = parser.parse_args()
-    if args.only == "post-inference":
-        return post_inference_benchmark(repeats=args.repeats)
+    results = {"path": [] if args.only == "post-inference" else path_benchmark(repeats=args.repeats),
+               "post_inference": post_inference_benchmark(repeats=args.repeats)}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def path_benchmark(*, repeats: int) -> list[dict]:
+    """Goals 1 and 2 at 128 and 224 px: the floor, the per-sample path and the re-deriving binder (ms)."""
 
     from coco_seg.coco_data import load_labeled_split
     from coco_seg.config import load_config
@@ -124,6 +132,7 @@ def main() -> None:
     print("\n| input | floor: decode + resize (ms) | per-sample path (ms) | path / floor (goal ≤ 1.3) | "
           "re-deriving binder (ms) | speed-up (goal ≥ 5) |")
     print("|---|---|---|---|---|---|")
+    results = []
     with tempfile.TemporaryDirectory() as scratch:
         for size in (128, 224):
             config = load_config(dataset_config(Path(scratch), size))
@@ -144,14 +153,21 @@ def main() -> None:
                     sample_metadata(split, sample_id)[name]
 
             rederiving = RederivingBinder(split, config)
-            floor(ids[0]), path(ids[0]), rederiving.run(ids[0])  # warm-up: imports, allocator
-            floor_ms = per_sample_ms(floor, ids, repeats=args.repeats)
-            path_ms = per_sample_ms(path, ids, repeats=args.repeats)
+            rederiving.run(ids[0])
+            for run in (floor, path):  # warm-up over every sample: imports, the page cache, the allocator
+                for sample_id in ids:
+                    run(sample_id)
+            # floor and path alternate, so that a slow spell of the shared machine hits both
+            floor_runs, path_runs = [], []
+            for _ in range(repeats):
+                floor_runs.append(per_sample_ms(floor, ids, repeats=1))
+                path_runs.append(per_sample_ms(path, ids, repeats=1))
+            floor_ms, path_ms = statistics.median(floor_runs), statistics.median(path_runs)
             old_ms = per_sample_ms(rederiving.run, ids, repeats=1)
             print(f"| {size} px | {floor_ms:.2f} | {path_ms:.2f} | {path_ms / floor_ms:.2f} | {old_ms:.1f} | "
                   f"{old_ms / path_ms:.1f}× |", flush=True)
-
-    post_inference_benchmark(repeats=args.repeats)
+            results.append({"size": size, "floor_ms": floor_ms, "path_ms": path_ms, "rederiving_ms": old_ms})
+    return results
 
 
 # ------------------------------------------------------------------------------------------- goal 4
@@ -214,7 +230,7 @@ def call_arguments(sample: dict[str, np.ndarray], engine_function: EngineFunctio
     return [array[None].copy() if engine_function.batched else array.copy() for array in arrays]
 
 
-def post_inference_benchmark(*, repeats: int) -> None:
+def post_inference_benchmark(*, repeats: int) -> dict:
     """Goal 4: all metrics, the loss and all visualizers of one sample against the model's batch-1 CPU inference
     (onnxruntime, alpha 1.0), on POOL_SIZE different samples in turn. Only the calls are timed, each right after
     its arguments are copied (as the engine reads them back just before the call). The goal counts the binder's
@@ -258,8 +274,11 @@ def post_inference_benchmark(*, repeats: int) -> None:
           f"| | {inference_ms:.2f} | {after_ms:.3f} | {100 * after_ms / inference_ms:.1f} % | "
           f"{wrapped_ms:.3f}, {100 * wrapped_ms / inference_ms:.1f} % |")
     print("\n| binder function (engine name) | µs per sample (median of passes) |\n|---|---|")
-    for name in passes[0]:
-        print(f"| {name} | {1e6 * statistics.median(spent[name] for spent in passes):.1f} |")
+    per_function = {name: 1e6 * statistics.median(spent[name] for spent in passes) for name in passes[0]}
+    for name, microseconds in per_function.items():
+        print(f"| {name} | {microseconds:.1f} |")
+    return {"inference_ms": inference_ms, "after_ms": after_ms, "wrapped_ms": wrapped_ms,
+            "per_function_us": per_function}
 
 if __name__ == "__main__":
     main()

