@@ -154,7 +154,7 @@ def _seek_and_read(descriptor: int, count: int, offset: int) -> bytes:
     return os.read(descriptor, count)
 
 
-_pread = getattr(os, "pread", _seek_and_read)  # os.pread is POSIX-only
+pread = getattr(os, "pread", _seek_and_read)  # os.pread is POSIX-only
 
 
 def inspect_image_file(path: Union[Path, str], *, size: int) -> ImageFileCheck:
@@ -177,13 +177,13 @@ def inspect_image_file(path: Union[Path, str], *, size: int) -> ImageFileCheck:
     except OSError as error:
         return ImageFileCheck(f"image file cannot be read: {error.strerror}")
     try:
-        head = _pread(descriptor, HEAD_BYTES, 0)
-        tail = _pread(descriptor, TAIL_BYTES, max(0, size - TAIL_BYTES))
+        head = pread(descriptor, HEAD_BYTES, 0)
+        tail = pread(descriptor, TAIL_BYTES, max(0, size - TAIL_BYTES))
 
         if head.startswith(JPEG_START):
             if JPEG_END not in tail:
                 return ImageFileCheck("JPEG file is truncated (no end-of-image marker)")
-            return ImageFileCheck(None, _jpeg_dimensions(head, lambda offset, count: _pread(descriptor, count,
+            return ImageFileCheck(None, _jpeg_dimensions(head, lambda offset, count: pread(descriptor, count,
                                                                                             offset)))
     except OSError as error:
         return ImageFileCheck(f"image file cannot be read: {error.strerror}")

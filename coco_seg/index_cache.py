@@ -36,6 +36,7 @@ import orjson
 
 from coco_seg.atomic import write_atomically, write_json_atomically
 from coco_seg.config import Config
+from coco_seg.images import pread
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ class LazyAnnotations:
     end: int
 
     def load(self) -> tuple[dict, ...]:
-        with open(self.blob, "rb") as handle:
-            handle.seek(self.start)
-            return tuple(orjson.loads(handle.read(self.end - self.start)))
+        # a raw descriptor and one positional read: this runs once per sample decode, where a buffered file
+        # object's set-up costs as much as the read
+        descriptor = os.open(self.blob, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            return tuple(orjson.loads(pread(descriptor, self.end - self.start, self.start)))
+        finally:
+            os.close(descriptor)
 
 
 Annotations = Union[tuple[dict, ...], LazyAnnotations]
