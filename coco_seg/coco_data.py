@@ -343,9 +343,16 @@ def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitDa
     annotations_key = _split_key(name, "annotations")
     annotations_path = data_root / paths.annotations
     images_dir = data_root / paths.images
-    scan = cached_scan(config, annotations_path, lambda: _scan_annotations(config, name, annotations_path))
     listing = _list_folder(images_dir, key=_split_key(name, "images"))
     memo = FileCheckMemo(images_dir)
+
+    def check_every_image() -> None:  # while a child process parses the annotations: the checks land in the memo
+        for file_name in listing:
+            if file_name.lower().endswith(IMAGE_SUFFIXES):
+                _check_file(images_dir, file_name, listing, memo)
+
+    scan = cached_scan(config, annotations_path, lambda: _scan_annotations(config, name, annotations_path),
+                       while_building=check_every_image)
     if scan.ignored and config.on_bad_sample == "error":
         raise DataError(f"{annotations_key}: {annotations_path}: {len(scan.ignored)} annotation(s) refer to no "
                         f"image, e.g. {scan.ignored[0]}. Set on_bad_sample: skip to ignore (and list) them.")

@@ -27,6 +27,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # unchanged by the switch to orjson: the blob lines are the same JSON
 CACHE_DIR_ENV_VAR = "COCO_SEG_CACHE_DIR"
+IN_PROCESS_ENV_VAR = "COCO_SEG_PREPROCESS_IN_PROCESS"  # 1: never fork the first scan into a child process
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def cache_key(config: Config, annotations_path: Path) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
+def _read_cache(folder: Path, key: str, *, from_cache: bool = True) -> Optional[AnnotationScan]:
     index, blob = folder / f"{key}.json", folder / f"{key}.blob"
     try:
         payload = orjson.loads(index.read_bytes())
@@ -109,7 +112,7 @@ def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
         return None
     if payload.get("format") != CACHE_FORMAT or not blob.is_file():
         return None
-    return _scan_from_rows(payload, blob, from_cache=True)
+    return _scan_from_rows(payload, blob, from_cache=from_cache)
 
 
 def _scan_from_rows(payload: dict[str, Any], blob: Path, *, from_cache: bool) -> AnnotationScan:
@@ -158,10 +161,67 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], AnnotationScan]) -> AnnotationScan:
+def _fork_available() -> bool:
+    return (hasattr(os, "fork") and sys.platform.startswith("linux")
+            and os.environ.get(IN_PROCESS_ENV_VAR, "").strip().lower() not in ("1", "true", "yes"))
+
+
+def _build_in_child(folder: Path, key: str, scan: Callable[[], AnnotationScan],
+                    while_building: Callable[[], None]) -> Optional[AnnotationScan]:
+    """Scan and write the cache in a forked child process while ``while_building`` runs here; the scan as read
+    back from the new cache. An exception of the scan (bad data) is raised here as it was raised there; None when
+    the child could not finish otherwise (it died, or could not write), so the caller scans in this process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists here; it leaves with os._exit, skipping every clean-up
+        status = 1
+        try:
+            os.close(read_end)
+            try:
+                with collector_paused():
+                    _write_cache(folder, key, scan())
+                outcome = b"ok"
+            except BaseException as error:  # noqa: BLE001 — everything goes back to the parent
+                try:
+                    outcome = pickle.dumps(error)
+                except Exception:  # noqa: BLE001 — an exception that cannot be pickled goes back as its text
+                    outcome = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(outcome)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        while_building()
+    finally:
+        with os.fdopen(read_end, "rb") as pipe:
+            outcome = pipe.read()  # until the child exits
+        os.waitpid(pid, 0)
+    if outcome == b"ok":
+        return _read_cache(folder, key, from_cache=False)
+    try:
+        error = pickle.loads(outcome)
+    except Exception:  # noqa: BLE001 — no outcome: the child died (e.g. out of memory)
+        logger.warning("the preprocess child process stopped without a result; parsing in this process instead")
+        return None
+    if isinstance(error, OSError):
+        logger.warning("the preprocess child process could not write the index cache in %s (%s); parsing in this "
+                       "process instead", folder, error)
+        return None
+    raise error
+
+
+def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], AnnotationScan], *,
+                while_building: Callable[[], None] = lambda: None) -> AnnotationScan:
     """The scan of ``annotations_path`` for ``config``: from the cache when it holds one, else ``scan()``, stored.
 
-    A cache folder that cannot be written costs only the speed-up (a warning), never the run.
+    Without a cache, on Linux the scan runs in a forked child process that writes the cache and exits, while
+    ``while_building`` runs here (preprocess checks the image files meanwhile); this process then reads the new
+    cache. The child's gigabytes of parsed JSON are never allocated here, so this process stays small (freed
+    Python objects are rarely returned to the system) and does not spend seconds freeing them. Elsewhere, with
+    ``$COCO_SEG_PREPROCESS_IN_PROCESS=1``, or when the child fails for a reason other than the data, the scan runs
+    here. A cache folder that cannot be written costs only the speed-up (a warning), never the run.
     """
     folder = cache_dir()
     try:
@@ -171,6 +231,17 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
     cached = _read_cache(folder, key)
     if cached is not None:
         return cached
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError:
+        writable = False
+    if writable and _fork_available():
+        built = _build_in_child(folder, key, scan, while_building)
+        if built is not None:
+            return built
+    else:
+        while_building()
     with collector_paused():
         result = scan()
         try:

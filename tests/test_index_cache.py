@@ -156,3 +156,60 @@ def test_unchanged_files_are_not_read_again_and_changed_ones_are(tmp_path, priva
     reasons = {bad.sample_id: bad.reason for bad in after.skipped}
     assert "truncated" in reasons[truncated.sample_id] and "not a JPEG or PNG" in reasons[rewritten.sample_id]
     assert len(after.records) == len(first.records) - 2
+
+
+def test_the_first_scan_runs_in_a_child_process_and_its_data_errors_come_back(tmp_path, private_cache,
+                                                                               generated_root, monkeypatch):
+    """On Linux the parse runs in a forked child (the parsed file never inflates this process); the result, and a
+    bad file's DataError, are the same as when parsing here."""
+    import os
+
+    from coco_seg import coco_data
+    from coco_seg.coco_data import DataError
+
+    scanned_in = tmp_path / "scanned-in"
+    real_scan = coco_data._scan_annotations
+
+    def recording_scan(*args, **kwargs):
+        scanned_in.write_text(str(os.getpid()))
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(coco_data, "_scan_annotations", recording_scan)
+    forked = load(tmp_path, data_tree(generated_root))
+    assert int(scanned_in.read_text()) != os.getpid()
+    monkeypatch.setenv(index_cache.IN_PROCESS_ENV_VAR, "1")
+    shutil.rmtree(private_cache)
+    here = load(tmp_path, data_tree(generated_root))
+    assert int(scanned_in.read_text()) == os.getpid() and snapshot(here) == snapshot(forked)
+
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    path = root / "annotations" / "instances_train2017.json"
+    path.write_text(path.read_text()[:700])
+    messages = []
+    for in_process in ("1", "0"):
+        monkeypatch.setenv(index_cache.IN_PROCESS_ENV_VAR, in_process)
+        with pytest.raises(DataError, match="is not valid JSON") as error:
+            load(tmp_path, data_tree(root))
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_child_that_dies_costs_only_the_parse_here(tmp_path, private_cache, generated_root, monkeypatch, caplog):
+    import os
+
+    from coco_seg import coco_data
+
+    parent = os.getpid()
+    real_scan = coco_data._scan_annotations
+
+    def dying_in_the_child(*args, **kwargs):
+        if os.getpid() != parent:
+            os._exit(3)  # as if killed, e.g. out of memory
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(coco_data, "_scan_annotations", dying_in_the_child)
+    split = load(tmp_path, data_tree(generated_root))
+    assert "stopped without a result" in caplog.text
+    monkeypatch.setattr(coco_data, "_scan_annotations", real_scan)
+    assert snapshot(load(tmp_path, data_tree(generated_root))) == snapshot(split)
