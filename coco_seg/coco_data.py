@@ -10,7 +10,8 @@ engine's per-sample loop: file name confined to the image folder, file present, 
 size in the file header (JPEG/PNG) equal to the annotation's width and height, annotations with a known category
 and a usable segmentation. A bad sample raises :class:`DataError` (``on_bad_sample: error``) or is left out,
 counted and listed (``on_bad_sample: skip``): kept + skipped = found, always. ``sample_limit_per_split`` applies
-last. The annotation side is cached (coco_seg.index_cache), so later runs skip the parse.
+last. The annotation side is cached (coco_seg.index_cache), so later runs skip the parse; the first run parses
+in a child process (Linux) while this one checks every image file of the folder.
 The unlabeled split is every image file of its folder, ordered by file name.
 
 Each split's outcome is written to ``<reports_dir>/bad_samples_<split>.json`` (temporary file + rename, so a
