@@ -171,8 +171,18 @@ def _build_in_child(folder: Path, key: str, scan: Callable[[], AnnotationScan],
     """Scan and write the cache in a forked child process while ``while_building`` runs here; the scan as read
     back from the new cache. An exception of the scan (bad data) is raised here as it was raised there; None when
     the child could not finish otherwise (it died, or could not write), so the caller scans in this process."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError as error:
+        logger.warning("cannot start the preprocess child process (%s); parsing in this process instead", error)
+        return None
+    try:
+        pid = os.fork()
+    except OSError as error:  # out of processes or memory, or forbidden in this sandbox
+        os.close(read_end)
+        os.close(write_end)
+        logger.warning("cannot start the preprocess child process (%s); parsing in this process instead", error)
+        return None
     if pid == 0:  # the child: only this thread exists here; it leaves with os._exit, skipping every clean-up
         status = 1
         try:

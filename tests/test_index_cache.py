@@ -213,3 +213,15 @@ def test_a_child_that_dies_costs_only_the_parse_here(tmp_path, private_cache, ge
     assert "stopped without a result" in caplog.text
     monkeypatch.setattr(coco_data, "_scan_annotations", real_scan)
     assert snapshot(load(tmp_path, data_tree(generated_root))) == snapshot(split)
+
+
+def test_a_fork_that_fails_costs_only_the_parse_here(tmp_path, private_cache, generated_root, monkeypatch, caplog):
+    import os
+
+    def refused_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused_fork)
+    split = load(tmp_path, data_tree(generated_root))
+    assert split.sample_ids and "cannot start the preprocess child process" in caplog.text
+    assert len(list(private_cache.glob("*.blob"))) == 1  # built and stored here instead
