@@ -227,8 +227,8 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
     """The scan of ``annotations_path`` for ``config``: from the cache when it holds one, else ``scan()``, stored.
 
     Without a cache, on Linux the scan runs in a forked child process that writes the cache and exits, while
-    ``while_building`` runs here (preprocess checks the image files meanwhile); this process then reads the new
-    cache. The child's gigabytes of parsed JSON are never allocated here, so this process stays small (freed
+    ``while_building`` runs here (preprocess checks the image files meanwhile; it is not called otherwise); this
+    process then reads the new cache. The child's gigabytes of parsed JSON are never allocated here, so this process stays small (freed
     Python objects are rarely returned to the system) and does not spend seconds freeing them. Elsewhere, with
     ``$COCO_SEG_PREPROCESS_IN_PROCESS=1``, or when the child fails for a reason other than the data, the scan runs
     here. A cache folder that cannot be written costs only the speed-up (a warning), never the run.
@@ -250,9 +250,7 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
         built = _build_in_child(folder, key, scan, while_building)
         if built is not None:
             return built
-    else:
-        while_building()
-    with collector_paused():
+    with collector_paused():  # in this process: nothing runs beside the scan, so while_building is left out
         result = scan()
         try:
             folder.mkdir(parents=True, exist_ok=True)
