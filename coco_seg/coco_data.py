@@ -209,6 +209,17 @@ def _size_problem(check: ImageFileCheck, image: dict) -> Optional[str]:
             f"(width x height); masks would not line up")
 
 
+def _category_names(dataset: dict[str, Any], *, key: str, source: Path) -> dict[int, str]:
+    """COCO category id → name; the ids must be integers (the index cache and every COCO tool rely on it)."""
+    names: dict[int, str] = {}
+    for position, category in enumerate(dataset["categories"]):
+        if not isinstance(category, dict) or type(category.get("id")) is not int:
+            raise DataError(f"{key}: {source}: categories[{position}] is not a category with an integer 'id' "
+                            f"(got {str(category)[:80]})")
+        names[category["id"]] = category.get("name")
+    return names
+
+
 def _annotation_problem(annotation: dict, image: dict, category_names: dict[int, str]) -> Optional[str]:
     """What makes an annotation unusable for a mask or for the metadata (None when fine)."""
     segmentation = annotation.get("segmentation")
@@ -300,7 +311,7 @@ def _scan_annotations(config: Config, name: str, annotations_path: Path) -> Anno
     annotations_key = _split_key(name, "annotations")
     dataset = _read_annotations(annotations_path, key=annotations_key)
     images = _images_by_id(dataset, key=annotations_key, source=annotations_path)
-    category_names = {c.get("id"): c.get("name") for c in dataset["categories"] if isinstance(c, dict)}
+    category_names = _category_names(dataset, key=annotations_key, source=annotations_path)
     class_of_category = _target_category_ids(config, dataset["categories"], key=annotations_key,
                                              source=annotations_path)
     annotations_of: dict[Any, list[dict]] = {}  # image id → its annotations, in file order

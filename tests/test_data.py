@@ -382,10 +382,12 @@ def test_a_file_only_the_standard_parser_reads_still_loads(tmp_path, editable):
 
 
 @pytest.mark.parametrize("entry, where", [("images", "images[3] is not an image entry with an 'id'"),
-                                          ("annotations", "annotations[3] is not an object")])
+                                          ("annotations", "annotations[3] is not an object"),
+                                          ("categories", "categories[3] is not a category with an integer 'id'")])
 def test_a_malformed_entry_names_its_list_and_position(tmp_path, editable, entry, where):
     def damage(dataset):
-        dataset[entry][3] = ["not", "an", "object"] if entry == "annotations" else {"file_name": "x.jpg"}
+        dataset[entry][3] = {"annotations": ["not", "an", "object"], "images": {"file_name": "x.jpg"},
+                             "categories": {"id": "4", "name": "motorcycle"}}[entry]
 
     damage_annotations(editable, damage)
     with pytest.raises(DataError, match=r"data\.splits\.training\.annotations: .*instances_train2017\.json: "
