@@ -148,7 +148,8 @@ def print_table(result: dict) -> None:
     for name, run_ in rows:
         child = f" / {run_['child_peak_mib']:.0f}" if run_["child_peak_mib"] else ""
         print(f"| {name} | {run_['seconds']:.2f} | {run_['seconds'] / reference['seconds']:.2f} | "
-              f"{run_['seconds'] / paused['seconds']:.2f} | {run_['peak_mib']:.0f}{child} | {run_['rss_after_mib']:.0f} |")
+              f"{run_['seconds'] / paused['seconds']:.2f} | {run_['peak_mib']:.0f}{child} | "
+              f"{run_['rss_after_mib']:.0f} |")
 
 
 def main() -> None:

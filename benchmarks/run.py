@@ -6,7 +6,7 @@
 * ``cache_bound.py`` — goal 5 (the per-sample cache over a long shuffled walk, two processes at once).
 
 Each prints its own table (kept in the output) and writes its figures as JSON; every ratio is measured within one
-run of one script, on the same machine. Takes ~5 minutes on 2 cores once the scale file exists (generating it the
+run of one script, on the same machine. Takes ~3 minutes on 2 cores once the scale file exists (generating it the
 first time adds ~2 minutes and ~330 MB under --scratch). Usage:
     python benchmarks/run.py [--scratch /tmp/coco-seg-scale] [--walk 20000]
 """
@@ -60,8 +60,8 @@ def main() -> None:
     first, cached = preprocess["first"], preprocess["cached"]
     paused = preprocess["json_load_collector_paused"]["seconds"]
     rows.append(("3a. first preprocess / json.load of the file", f"{first['seconds'] / reference:.2f}× "
-                 f"({first['seconds']:.1f} s vs {reference:.1f} s; {first['seconds'] / paused:.2f}× json.load with the "
-                 f"collector paused; peak {first['peak_mib']:.0f} MiB, its parsing child "
+                 f"({first['seconds']:.1f} s vs {reference:.1f} s; {first['seconds'] / paused:.2f}× json.load with "
+                 f"the collector paused; peak {first['peak_mib']:.0f} MiB, its parsing child "
                  f"{first['child_peak_mib']:.0f} MiB; holds {first['rss_after_mib']:.0f} MiB after)", "≤ 1.5×",
                  first["seconds"] <= 1.5 * reference))
     rows.append(("3b. later preprocess (index cache)", f"{cached['seconds']:.2f} s (peak {cached['peak_mib']:.0f} MiB)",

@@ -133,20 +133,19 @@ def _read_annotations(path: Path, *, key: str) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as error:
         raise DataError(f"{key}: cannot read annotation file {path}: {error}") from None
-    try:
-        with collector_paused():
-            dataset = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson is strict (UTF-8 only, no NaN literals, 64-bit integers): the standard parser either accepts what it
-        # refused or gives the usual line and column
+    with collector_paused():
         try:
-            with collector_paused():
+            dataset = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson is strict (UTF-8 only, no NaN literals, 64-bit integers): the standard parser either accepts
+            # what it refused or gives the usual line and column
+            try:
                 dataset = json.loads(data)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{key}: annotation file {path} is not valid JSON ({error.msg} at line {error.lineno}, "
-                            f"column {error.colno}); is the download complete?") from None
-        except ValueError as error:  # UnicodeDecodeError included
-            raise DataError(f"{key}: cannot read annotation file {path}: {error}") from None
+            except json.JSONDecodeError as error:
+                raise DataError(f"{key}: annotation file {path} is not valid JSON ({error.msg} at line "
+                                f"{error.lineno}, column {error.colno}); is the download complete?") from None
+            except ValueError as error:  # UnicodeDecodeError included
+                raise DataError(f"{key}: cannot read annotation file {path}: {error}") from None
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list)
                                                 for k in ("images", "annotations", "categories")):
         raise DataError(f"{key}: {path} is not a COCO instances file (needs lists 'images', 'annotations', "
@@ -190,7 +189,7 @@ def _check_file(folder: Path, file_name: str, listing: dict[str, os.DirEntry],
         memo.put(file_name, identity, check.problem, check.dimensions)
         return path, check
     try:
-        path = str(confined_path(folder, file_name, resolve_links=True))
+        path = str(confined_path(folder, file_name))
     except ValueError as error:
         return str(folder / PurePosixPath(file_name).name), ImageFileCheck(str(error))
     try:
@@ -345,7 +344,7 @@ def _scan_annotations(config: Config, name: str, annotations_path: Path) -> Anno
                 break
         candidates.append(Candidate(image_id, str(image.get("file_name", "")), image.get("width"),
                                     image.get("height"), problem, annotations))
-    return AnnotationScan(category_names, class_of_category, ignored, candidates, from_cache=False)
+    return AnnotationScan(category_names, class_of_category, ignored, candidates)
 
 
 def load_labeled_split(config: Config, name: str, *, data_root: Path) -> SplitData:

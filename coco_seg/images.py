@@ -66,25 +66,22 @@ def to_rgb_uint8(image: np.ndarray, *, source: object = "image") -> np.ndarray:
     raise ImageDecodeError(f"{source}: unsupported channel count {channels}")
 
 
-def confined_path(folder: Path, file_name: str, *, resolve_links: bool = True) -> Path:
+def confined_path(folder: Path, file_name: str) -> Path:
     """Join ``file_name`` to ``folder``, refusing names that escape it.
 
-    Absolute names and ``..`` parts are refused outright. With ``resolve_links`` the path is resolved (symlinks
-    followed) and must stay inside the resolved folder; callers that already know the entry is a plain file skip
-    that system call. Raises ValueError with the reason.
+    Absolute names and ``..`` parts are refused outright; the path is then resolved (symlinks followed) and must
+    stay inside the resolved folder. Raises ValueError with the reason. (Preprocess calls this only for names it
+    cannot vouch for from the folder listing: a plain name listed as a regular file is confined by construction.)
     """
-    if "/" not in file_name and "\\" not in file_name and file_name not in ("", ".", "..") and not resolve_links:
-        return folder / file_name  # a plain name (every COCO file): nothing to parse or resolve
     relative = PurePosixPath(file_name.replace("\\", "/"))
     if relative.is_absolute() or os.path.isabs(file_name):
         raise ValueError(f"file name {file_name!r} is an absolute path; it must be relative to the image folder")
     if ".." in relative.parts:
         raise ValueError(f"file name {file_name!r} contains '..' and would escape the image folder")
     path = folder.joinpath(*relative.parts)
-    if resolve_links:
-        target = path.resolve()
-        if not target.is_relative_to(folder.resolve()):
-            raise ValueError(f"file {path} resolves to {target}, outside the image folder {folder}")
+    target = path.resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ValueError(f"file {path} resolves to {target}, outside the image folder {folder}")
     return path
 
 

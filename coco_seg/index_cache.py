@@ -1,14 +1,16 @@
 """The annotation side of preprocess — read, index, select, check annotations — computed once and cached.
 
-Algorithm: the first preprocess of a split parses the instances JSON, indexes it and derives the category names, the class map, the candidate images in order (id, file name, size, annotation problem) and each
-candidate's annotations. That is written under ``<cache dir>/index/<key>``: ``<key>.blob`` holds one JSON line of
-annotations per candidate and ``<key>.json`` everything else plus the byte offsets of those lines. The key hashes
-the annotation file's identity (resolved path, size, mtime) and every config value the selection depends on
-(label mode, classes, background_share) with the cache format version, so a changed file or config lands on a new
-key. Later runs read only the small JSON; a sample's annotations are read from the blob when the sample is
-decoded (one seek, one read, one ``orjson.loads``). The first run serves its samples from the blob it has just
-written as well, so the parsed file (gigabytes of Python objects at COCO scale) is freed once the scan ends; it
-keeps them in memory only when the cache cannot be written. The garbage collector is paused while the scan and the
+Algorithm: the first preprocess of a split parses the instances JSON, indexes it and derives the category names,
+the class map, the candidate images in order (id, file name, size, annotation problem) and each candidate's
+annotations. That is written under ``<cache dir>/index/<key>``: ``<key>.blob`` holds one JSON line of annotations
+per candidate and ``<key>.json`` everything else plus the byte offsets of those lines. The key hashes the
+annotation file's identity (resolved path, size, mtime) and every config value the selection depends on (label
+mode, classes, background_share) with the cache format version, so a changed file or config lands on a new key.
+Later runs read only the small JSON; a sample's annotations are read from the blob when the sample is decoded (one
+positional read, one ``orjson.loads``). The first run serves its samples from the blob it has just written as
+well, so the parsed file (gigabytes of Python objects at COCO scale) is never kept: on Linux it is parsed in a
+forked child process that writes the cache and exits (:func:`cached_scan`), elsewhere it is freed once the scan
+ends (and kept only when the cache cannot be written). The garbage collector is paused while the scan and the
 write run: they create millions of objects that all stay alive until the end, which the collector would otherwise
 walk again and again (more than doubling the time). Both files are written under temporary names and renamed into
 place, blob first, so a reader finds either no cache or a complete one; two processes building the same key at
@@ -29,9 +31,9 @@ import logging
 import os
 import pickle
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Callable, Iterator, Optional, Union
 
 import orjson
@@ -84,7 +86,6 @@ class AnnotationScan:
     class_of_category: dict[int, int]
     ignored: list[str]  # annotations that refer to no image
     candidates: list[Candidate]
-    from_cache: bool
 
 
 def cache_root() -> Path:
@@ -104,7 +105,7 @@ def cache_key(config: Config, annotations_path: Path) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _read_cache(folder: Path, key: str, *, from_cache: bool = True) -> Optional[AnnotationScan]:
+def _read_cache(folder: Path, key: str) -> Optional[AnnotationScan]:
     index, blob = folder / f"{key}.json", folder / f"{key}.blob"
     try:
         payload = orjson.loads(index.read_bytes())
@@ -112,15 +113,15 @@ def _read_cache(folder: Path, key: str, *, from_cache: bool = True) -> Optional[
         return None
     if payload.get("format") != CACHE_FORMAT or not blob.is_file():
         return None
-    return _scan_from_rows(payload, blob, from_cache=from_cache)
+    return _scan_from_rows(payload, blob)
 
 
-def _scan_from_rows(payload: dict[str, Any], blob: Path, *, from_cache: bool) -> AnnotationScan:
+def _scan_from_rows(payload: dict[str, Any], blob: Path) -> AnnotationScan:
     candidates = [Candidate(image_id, file_name, width, height, problem, LazyAnnotations(blob, start, end))
                   for image_id, file_name, width, height, problem, start, end in payload["candidates"]]
     return AnnotationScan(category_names={int(k): v for k, v in payload["category_names"].items()},
                           class_of_category={int(k): v for k, v in payload["class_of_category"].items()},
-                          ignored=payload["ignored"], candidates=candidates, from_cache=from_cache)
+                          ignored=payload["ignored"], candidates=candidates)
 
 
 def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> AnnotationScan:
@@ -146,7 +147,7 @@ def _write_cache(folder: Path, key: str, scan: AnnotationScan) -> AnnotationScan
     payload = {"format": CACHE_FORMAT, "category_names": scan.category_names,
                "class_of_category": scan.class_of_category, "ignored": scan.ignored, "candidates": rows}
     write_json_atomically(folder / f"{key}.json", payload, indent=None)
-    return _scan_from_rows(payload, blob, from_cache=False)
+    return _scan_from_rows(payload, blob)
 
 
 @contextlib.contextmanager
@@ -171,16 +172,14 @@ def _build_in_child(folder: Path, key: str, scan: Callable[[], AnnotationScan],
     """Scan and write the cache in a forked child process while ``while_building`` runs here; the scan as read
     back from the new cache. An exception of the scan (bad data) is raised here as it was raised there; None when
     the child could not finish otherwise (it died, or could not write), so the caller scans in this process."""
+    read_end = write_end = None
     try:
         read_end, write_end = os.pipe()
-    except OSError as error:
-        logger.warning("cannot start the preprocess child process (%s); parsing in this process instead", error)
-        return None
-    try:
         pid = os.fork()
-    except OSError as error:  # out of processes or memory, or forbidden in this sandbox
-        os.close(read_end)
-        os.close(write_end)
+    except OSError as error:  # out of descriptors, processes or memory, or forbidden in this sandbox
+        for end in (read_end, write_end):
+            if end is not None:
+                os.close(end)
         logger.warning("cannot start the preprocess child process (%s); parsing in this process instead", error)
         return None
     if pid == 0:  # the child: only this thread exists here; it leaves with os._exit, skipping every clean-up
@@ -209,7 +208,7 @@ def _build_in_child(folder: Path, key: str, scan: Callable[[], AnnotationScan],
             outcome = pipe.read()  # until the child exits
         os.waitpid(pid, 0)
     if outcome == b"ok":
-        return _read_cache(folder, key, from_cache=False)
+        return _read_cache(folder, key)
     try:
         error = pickle.loads(outcome)
     except Exception:  # noqa: BLE001 — no outcome: the child died (e.g. out of memory)
@@ -228,10 +227,11 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
 
     Without a cache, on Linux the scan runs in a forked child process that writes the cache and exits, while
     ``while_building`` runs here (preprocess checks the image files meanwhile; it is not called otherwise); this
-    process then reads the new cache. The child's gigabytes of parsed JSON are never allocated here, so this process stays small (freed
-    Python objects are rarely returned to the system) and does not spend seconds freeing them. Elsewhere, with
-    ``$COCO_SEG_PREPROCESS_IN_PROCESS=1``, or when the child fails for a reason other than the data, the scan runs
-    here. A cache folder that cannot be written costs only the speed-up (a warning), never the run.
+    process then reads the new cache. The child's gigabytes of parsed JSON are never allocated here, so this
+    process stays small (freed Python objects are rarely returned to the system) and does not spend seconds freeing
+    them. Elsewhere, with ``$COCO_SEG_PREPROCESS_IN_PROCESS=1``, or when the child fails for a reason other than the
+    data, the scan runs here. A cache folder that cannot be written costs only the speed-up (a warning), never the
+    run.
     """
     folder = cache_dir()
     try:
@@ -253,7 +253,6 @@ def cached_scan(config: Config, annotations_path: Path, scan: Callable[[], Annot
     with collector_paused():  # in this process: nothing runs beside the scan, so while_building is left out
         result = scan()
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             lazy = _write_cache(folder, key, result)
         except OSError as error:
             logger.warning("cannot write the preprocess index cache in %s (%s); the next run parses %s again",

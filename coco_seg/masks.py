@@ -1,9 +1,10 @@
 """COCO instance annotations → one semantic mask per image.
 
-Algorithm: every annotation whose category belongs to a target class is turned into an RLE with pycocotools
-(polygons, uncompressed crowd RLE and compressed RLE alike) and the RLEs of each class are merged into one union.
-Pixel counts per class come from RLE areas (no decode); the mask is painted from each union decoded once. Classes are painted from the last configured class to the first, so where instances
-of different classes overlap **the class listed first in ``labels.classes`` wins** (with the defaults: person over
+Algorithm: the polygons of each target class go to pycocotools in one call and come back as RLEs, crowd RLEs are
+read as they are, and the RLEs of each class are merged into one union. Pixel counts per class come from RLE areas
+(no decode); the mask is painted from each union decoded once, with numpy (:func:`decode_transposed`), and sampled
+at the model size. Classes are painted from the last configured class to the first, so where instances of
+different classes overlap **the class listed first in ``labels.classes`` wins** (with the defaults: person over
 car — a rider stays a person). Background is 0, class k (config order) is k. Crowd regions are painted like
 any other instance: they are pixels of that class.
 """
@@ -20,13 +21,8 @@ class AnnotationError(ValueError):
     """An annotation's segmentation cannot be turned into a mask."""
 
 
-def segmentation_to_rle(segmentation: Any, *, height: int, width: int) -> dict:
-    """One (compressed) RLE for a COCO ``segmentation`` field: polygon list, uncompressed or compressed RLE."""
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6]
-        if not polygons:
-            raise AnnotationError("polygon segmentation has no polygon with 3 or more points")
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+def _rle_of(segmentation: Any, *, height: int, width: int) -> dict:
+    """One compressed RLE for a COCO RLE ``segmentation`` (uncompressed counts list or compressed string)."""
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
             raise AnnotationError(f"RLE size {list(segmentation['size'])} differs from the image size "
@@ -49,14 +45,13 @@ def class_unions(annotations: Iterable[Mapping[str, Any]], *, height: int, width
             continue
         segmentation = annotation["segmentation"]
         if isinstance(segmentation, list):
-            # every polygon of the class goes to pycocotools in one call: a union does not need them by instance
             polygons = [p for p in segmentation if len(p) >= 6]
             if not polygons:
                 raise AnnotationError("polygon segmentation has no polygon with 3 or more points")
+            # every polygon of the class goes to pycocotools in one call: a union does not need them by instance
             polygons_by_class.setdefault(target, []).extend(polygons)
         else:
-            rles_by_class.setdefault(target, []).append(
-                segmentation_to_rle(segmentation, height=height, width=width))
+            rles_by_class.setdefault(target, []).append(_rle_of(segmentation, height=height, width=width))
     for target, polygons in polygons_by_class.items():
         rles_by_class.setdefault(target, []).extend(mask_utils.frPyObjects(polygons, height, width))
     return {target: mask_utils.merge(rles) if len(rles) > 1 else rles[0] for target, rles in rles_by_class.items()}
