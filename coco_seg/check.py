@@ -51,7 +51,6 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
     }
     if not result.is_valid:
         return report
-    report["bad_samples"] = _bad_sample_summaries(loader)
     size, channels = config.image_size, config.num_classes
     for state_name, state in (("training", DataStateEnum.training), ("validation", DataStateEnum.validation),
                               ("unlabeled", DataStateEnum.unlabeled)):
@@ -87,8 +86,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
                 if entry["metadata_none"]:
                     report["problems"].append(f"{where}: metadata is None: {', '.join(entry['metadata_none'])}")
             report["samples"].append(entry)
-    for summary, response in zip(report["bad_samples"], _split_data(loader)):
-        summary["failed_at_decode"] = len(response.failed_at_decode)  # the samples just fetched may have added some
+    report["bad_samples"] = _bad_sample_summaries(loader)  # after the fetches above, which may add decode failures
     return report
 
 

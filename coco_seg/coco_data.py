@@ -230,7 +230,6 @@ def _annotation_problem(annotation: dict, image: dict, category_names: dict[int,
     annotation_id = annotation.get("id")
     if annotation.get("category_id") not in category_names:
         return f"annotation {annotation_id} has unknown category id {annotation.get('category_id')!r}"
-    segmentation = annotation.get("segmentation")
     if not segmentation:
         return f"annotation {annotation_id} has no segmentation (bbox only)"
     if isinstance(segmentation, list):

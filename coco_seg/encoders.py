@@ -6,7 +6,7 @@ import numpy as np
 
 from coco_seg.coco_data import SplitData
 from coco_seg.masks import one_hot
-from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
+from coco_seg.samples import CACHE, SampleError
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
@@ -34,11 +34,8 @@ def encode_label_mask(split: SplitData, sample_id: str) -> np.ndarray:
 def encode_mask(split: SplitData, sample_id: str) -> np.ndarray:
     """The ground truth: (S, S, K+1) float32 one-hot, background first; all zeros (every pixel ignored by the
     metrics and the loss) for a sample that failed to decode."""
-    labels = encode_label_mask(split, sample_id)
-    num_classes = split.config.num_classes
-    if labels.flat[0] == IGNORED_LABEL:  # a placeholder: IGNORED_LABEL everywhere, and a real mask never holds it
-        return np.zeros(labels.shape + (num_classes,), np.float32)
-    return one_hot(labels, num_classes=num_classes)
+    # a placeholder's IGNORED_LABEL (255) is none of the classes 0..K, so its one-hot is all zeros
+    return one_hot(encode_label_mask(split, sample_id), num_classes=split.config.num_classes)
 
 
 def sample_metadata(split: SplitData, sample_id: str) -> dict[str, Any]:

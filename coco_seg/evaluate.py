@@ -7,9 +7,6 @@ GT or prediction, then averaged over images) is reported beside it, because it w
 Predictions are streamed batch by batch; nothing of size N×S×S×K is ever held.
 """
 
-import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from coco_seg import metrics
+from coco_seg.atomic import write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
 from coco_seg.encoders import encode_image, encode_mask
@@ -44,28 +42,15 @@ class Evaluation:
         return "\n".join([header, rule, row])
 
     def write_json(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(handle, "w") as stream:
-            json.dump(asdict(self), stream, indent=2)
-        os.replace(temp, path)
+        write_json_atomically(path, asdict(self))
 
 
-def confusion_matrix(ground_truth_labels: np.ndarray, predicted_labels: np.ndarray, *, num_classes: int) -> np.ndarray:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction, from label arrays of equal shape."""
-    if ground_truth_labels.shape != predicted_labels.shape:
-        raise ValueError(f"ground_truth_labels {ground_truth_labels.shape} and predicted_labels "
-                         f"{predicted_labels.shape} must have the same shape")
-    flat = ground_truth_labels.astype(np.int64).ravel() * num_classes + predicted_labels.astype(np.int64).ravel()
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """(K,) float64 IoU per class from a (K, K) confusion matrix; NaN for a class in neither GT nor prediction."""
-    true_positive = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
+def dataset_iou(true_positives: np.ndarray, false_positives: np.ndarray, false_negatives: np.ndarray) -> np.ndarray:
+    """(K,) float64 IoU per class from (K,) pixel counts summed over a dataset; NaN for a class in neither the
+    ground truth nor the prediction."""
+    union = (true_positives + false_positives + false_negatives).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, true_positive / union, np.nan)
+        return np.where(union > 0, true_positives / union, np.nan)
 
 
 def batches(split: SplitData, sample_ids: Sequence[str], *, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -80,20 +65,21 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
     """Run ``predict`` (images → (B, S, S, K) logits or probabilities) over a split and evaluate it."""
     class_names = list(split.config.class_names)
     num_classes = len(class_names)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
+    totals = np.zeros((3, num_classes), np.int64)  # true positives, false positives, false negatives per class
     per_image: list[np.ndarray] = []
     sample_ids = split.sample_ids
     done = 0
     for images, ground_truth in batches(split, sample_ids, batch_size=batch_size):
         prediction = predict(images)
-        labelled = ground_truth.max(axis=-1) > 0  # all-zero GT = ignored pixels (e.g. a sample that failed to decode)
-        confusion += confusion_matrix(ground_truth.argmax(-1)[labelled], prediction.argmax(-1)[labelled],
-                                      num_classes=num_classes)
+        # the metrics' own counts: ignored pixels (all-zero GT, e.g. a sample that failed to decode) and NaN/Inf
+        # predictions follow the same rules as in the engine
+        totals += np.stack([counts.sum(axis=0) for counts in metrics.confusion_counts(ground_truth, prediction)])
         per_image.append(metrics.mean_iou(ground_truth, prediction))
         done += len(images)
         if progress:
             progress(done, len(sample_ids))
-    iou = iou_from_confusion(confusion)
+    true_positives, false_positives, false_negatives = totals
+    iou = dataset_iou(true_positives, false_positives, false_negatives)
     return Evaluation(
         split=split.name,
         samples=len(sample_ids),
@@ -101,7 +87,7 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
         iou={n: None if np.isnan(v) else float(v) for n, v in zip(class_names, iou)},
         mean_iou=float(np.nanmean(iou)),
         mean_per_image_iou=float(np.nanmean(np.concatenate(per_image))),
-        pixel_accuracy=float(np.trace(confusion) / confusion.sum()),
+        pixel_accuracy=float(true_positives.sum() / (true_positives + false_negatives).sum()),  # over labelled pixels
     )
 
 

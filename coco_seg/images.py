@@ -41,18 +41,23 @@ def decode_rgb(path: Union[Path, str], *, size: Optional[int] = None) -> tuple[n
     if image is None:
         raise ImageDecodeError(f"image file {path} cannot be decoded (corrupt or not an image)")
     height, width = image.shape[:2]
-    if image.dtype == np.uint16:  # to 8 bits before resizing, so the rounding matches the full-size path
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    image = _to_8_bits(image)  # before resizing, so the rounding matches the full-size path
     if size is not None:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return to_rgb_uint8(image, source=path), (width, height)
 
 
+def _to_8_bits(image: np.ndarray) -> np.ndarray:
+    """A 16-bit image scaled to 8 bits (65535 → 255, rounded); any other image as it is."""
+    if image.dtype == np.uint16:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return image
+
+
 def to_rgb_uint8(image: np.ndarray, *, source: object = "image") -> np.ndarray:
     """Normalise an OpenCV-decoded array (gray, BGR, BGRA; 8 or 16 bit) to (H, W, 3) uint8 RGB."""
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
+    image = _to_8_bits(image)
+    if image.dtype != np.uint8:
         raise ImageDecodeError(f"{source}: unsupported pixel type {image.dtype}")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

@@ -1,7 +1,8 @@
-"""Per-sample metadata, derived from the already decoded image, the semantic mask and the image's annotations.
+"""Per-sample metadata, derived from the already decoded image, the class pixel counts and the image's annotations.
 
 Names are exactly what the Tensorleap engine shows. Percentages are shares of mask pixels at the original
-resolution (so they agree with pycocotools masks); counts are non-crowd COCO instances (crowd regions are counted
+resolution, counted from the class unions' RLE areas (coco_seg.masks.class_pixel_counts; they agree with
+pycocotools masks); counts are non-crowd COCO instances (crowd regions are counted
 separately in ``crowd_count``); ``small_object_count`` uses COCO's definition (annotation area < 32² original
 pixels, non-crowd); ``<class>_avg_size`` is the mean instance area as a percent of the image area (0 when none).
 On unlabeled samples every label-derived value is NaN — unknown, not zero — and the engine shows it as missing.

@@ -1,8 +1,9 @@
 """One decode per sample: image, mask and metadata derived together and kept in a small bounded cache.
 
 The engine calls the input encoder, the GT encoder and every metadata function separately for each sample. The
-first call decodes the image once and paints the semantic mask once (original resolution), then derives the
-model-size image and mask and all metadata from those; the other calls for the same sample hit the cache. The
+first call decodes the image once (resized to the model size before the colour conversion), builds one RLE union
+per class from the annotations, paints the model-size mask from those and derives all metadata (class shares from
+the unions' RLE areas at full resolution); the other calls for the same sample hit the cache. The
 cache is a per-process LRU of ``CACHE_SIZE`` samples, so memory stays bounded over 100k+ samples and any call
 order is correct (a miss just decodes again).
 

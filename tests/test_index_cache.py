@@ -37,6 +37,12 @@ def test_a_cached_load_equals_a_fresh_scan(tmp_path, private_cache, dataset, mon
 
     fresh = load(tmp_path, dataset)
     assert len(list(private_cache.glob("*.json"))) == 1 and len(list(private_cache.glob("*.blob"))) == 1
+    # the first run already reads its annotations back from the blob: check them against the parsed file itself
+    config = load_config(write_config(tmp_path, dataset))
+    parsed = coco_data._scan_annotations(config, "training", config.data_root / config.splits["training"].annotations)
+    in_memory = {str(c.image_id): json.dumps(list(c.annotations), sort_keys=True) for c in parsed.candidates}
+    assert {r.sample_id: json.dumps(list(r.annotations), sort_keys=True) for r in fresh.records.values()} == \
+        {sample_id: in_memory[sample_id] for sample_id in fresh.records}
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("the annotation file was parsed again although the cache holds it")

@@ -10,21 +10,24 @@ import numpy as np
 import pytest
 
 from _support import REAL_SAMPLE, REAL_SPLITS, REPO_ROOT, data_tree, subprocess_env, write_config
+from coco_seg import metrics
 from coco_seg.coco_data import load_labeled_split
 from coco_seg.config import load_config
 from coco_seg.encoders import encode_image, encode_mask
-from coco_seg.evaluate import confusion_matrix, evaluate_model, evaluate_split, iou_from_confusion
+from coco_seg.evaluate import dataset_iou, evaluate_model, evaluate_split
 
 IMAGE_SIZE = 64
 OPTIONS = dict(epochs=3, batch_size=8, encoder_weights="none", alpha=0.35, fine_tune=True, seed=3)
 
 
-def test_confusion_matrix_and_iou_on_known_labels():
-    ground_truth = np.array([[0, 0, 1], [1, 2, 2]])
-    predicted = np.array([[0, 1, 1], [1, 2, 0]])
-    confusion = confusion_matrix(ground_truth, predicted, num_classes=4)
-    assert confusion.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
-    iou = iou_from_confusion(confusion)
+def test_dataset_iou_on_known_labels():
+    ground_truth = np.eye(4, dtype=np.float32)[np.array([[[0, 0, 1], [1, 2, 2]]])]
+    predicted = np.eye(4, dtype=np.float32)[np.array([[[0, 1, 1], [1, 2, 0]]])]
+    true_positives, false_positives, false_negatives = (c.sum(axis=0) for c in
+                                                        metrics.confusion_counts(ground_truth, predicted))
+    assert (true_positives.tolist(), false_positives.tolist(), false_negatives.tolist()) == \
+        ([1, 2, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0])
+    iou = dataset_iou(true_positives, false_positives, false_negatives)
     # background: TP 1, FP 1 (a 2 predicted as 0), FN 1 → 1/3; class 1: TP 2, FP 1 → 2/3; class 2: 1/2; class 3: unseen
     np.testing.assert_allclose(iou[:3], [1 / 3, 2 / 3, 1 / 2])
     assert np.isnan(iou[3])

@@ -15,8 +15,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from coco_seg.atomic import write_atomically
 
 __all__ = ["MAP_DIV_ID", "write_report"]
 
@@ -733,22 +733,6 @@ def _page(*, title: str, data_json: str, body: str) -> str:
             f"<script>{_SCRIPT}</script>\n</body>\n</html>\n")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600; the report is an ordinary readable file
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: Sequence[str],
                  color_fields: Sequence[str], thumbnails: Mapping[str, str], dashboards: Sequence[Mapping],
                  label_issues: Sequence[Mapping], class_swaps: Sequence[Mapping], pruning: Sequence[Mapping],
@@ -824,5 +808,6 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
             '<div id="report-error" hidden></div>'
             + "".join(f'<section id="{key}"><h2>{_e(name)}</h2>{content}</section>' for key, name, content in sections)
             + "</main>")
-    _atomic_write_text(path, _page(title=title, data_json=_json_for_script(data), body=body))
+    page = _page(title=title, data_json=_json_for_script(data), body=body)
+    write_atomically(path, lambda temp: temp.write_text(page, encoding="utf-8"))
     return path

@@ -360,7 +360,7 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
     table = samples.drop(columns=["thumbnail"])
     _atomic_write(out_dir / "samples.parquet", lambda temp: table.to_parquet(temp, index=False))
     _atomic_write(out_dir / "samples.csv", lambda temp: table.to_csv(temp, index=False))
-    np.save(out_dir / "embeddings.npy", streamed.embeddings)
+    _atomic_write(out_dir / "embeddings.npy", lambda temp: np.save(temp, streamed.embeddings))
 
     dashboard_records = dashboards_to_records(dashboards)
     cluster_table = pruning_summary(pruning).to_dict("records")
