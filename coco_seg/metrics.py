@@ -33,6 +33,10 @@ Policies
   1e-3 otherwise); anything else is taken as logits and goes through a numerically stable softmax. The metrics
   use only the argmax, which is the same either way; the choice matters for the loss and the probabilities.
 * **Ground truth** must be finite and one-hot (values 0 or 1, at most one 1 per pixel), else ``ValueError``.
+
+Besides the metrics, the per-pixel pieces they are built from are public, for the visualizers and the analyses:
+:func:`predicted_labels`, :func:`ground_truth_labels`, :func:`label_pairs`, :func:`to_probabilities` and its
+class-first twin :func:`class_probabilities`. They follow the same policies and share the same memo.
 """
 
 import math
@@ -45,20 +49,32 @@ from coco_seg.content_memo import ContentMemo, MemoEntry, read_only
 
 __all__ = [
     "DEFAULT_EPS",
+    "MAX_LABEL_CLASSES",
+    "MAX_LABEL_PAIR_CLASSES",
     "by_class_name",
+    "class_probabilities",
     "confusion_counts",
     "cross_entropy_loss",
     "dice_per_class",
+    "ground_truth_labels",
     "iou_per_class",
+    "label_pairs",
     "mean_dice",
     "mean_iou",
     "pixel_accuracy",
     "pixel_cross_entropy",
+    "predicted_labels",
     "to_probabilities",
 ]
 
 DEFAULT_EPS = 1e-7
 """Probability floor of the cross-entropy; ``-log(DEFAULT_EPS)`` (≈ 16.12) is the loss of an invalid pixel."""
+
+MAX_LABEL_CLASSES = 256
+"""Most classes :func:`predicted_labels` and :func:`ground_truth_labels` take: their labels are uint8."""
+
+MAX_LABEL_PAIR_CLASSES = 255
+"""Most classes :func:`label_pairs` takes: its codes, up to ``(K + 1)^2 - 1``, must fit a uint16."""
 
 _ATOL_FLOAT16 = 1e-2
 _ATOL_DEFAULT = 1e-3
@@ -77,14 +93,29 @@ def _as_real_array(array, name: str) -> np.ndarray:
     return array
 
 
+def _check_score_array(array, name: str) -> np.ndarray:
+    """Type and shape of a (N, S, S, K) prediction or ground truth, K >= 2 (values are checked where used)."""
+    array = _as_real_array(array, name)
+    if array.ndim != 4:
+        raise ValueError(f"{name} must be a 4-D array (N, S, S, K); got shape {array.shape}")
+    if array.shape[-1] < 2:
+        raise ValueError(f"{name} must have K >= 2 classes (background + at least one class) on its last "
+                         f"axis; got shape {array.shape}")
+    return array
+
+
 def _check_prediction(prediction) -> np.ndarray:
-    prediction = _as_real_array(prediction, "prediction")
-    if prediction.ndim != 4:
-        raise ValueError(f"prediction must be a 4-D array (N, S, S, K); got shape {prediction.shape}")
-    if prediction.shape[-1] < 2:
-        raise ValueError(f"prediction must have K >= 2 classes (background + at least one class) on its last "
-                         f"axis; got shape {prediction.shape}")
-    return prediction
+    return _check_score_array(prediction, "prediction")
+
+
+def _check_ground_truth(ground_truth) -> np.ndarray:
+    """A ground truth given alone (its values are checked by _ground_truth_masks)."""
+    return _check_score_array(ground_truth, "ground_truth")
+
+
+def _check_classes_at_most(array: np.ndarray, name: str, function: str, most: int) -> None:
+    if array.shape[-1] > most:
+        raise ValueError(f"{function} supports at most {most} classes; got {name} shape {array.shape}")
 
 
 def _check_pair(ground_truth, prediction) -> tuple[np.ndarray, np.ndarray]:
@@ -399,10 +430,10 @@ def _one_sample_ratios(tp: list[int], in_gt: list[int], predicted: list[int]) ->
             "accuracy": np.array([sum(tp) / labelled if labelled else nan], np.float32)}
 
 
-def _validated_ground_truth_labels(array: np.ndarray, key: tuple | None) -> np.ndarray | None:
-    """(N*S, S) uint8 class labels (0 at ignored pixels; read-only) of ``array`` (whose ContentMemo key is ``key``)
-    if it is the ground truth of a pair already validated (memoised in _SAMPLE_MEMO), else None. Then they equal its
-    argmax (see label_map)."""
+def _validated_ground_truth_labels(key: tuple | None) -> np.ndarray | None:
+    """(N*S, S) uint8 class labels (0 at ignored pixels; read-only) of the array whose ContentMemo key is ``key`` if
+    it is the ground truth of a pair already validated (memoised in _SAMPLE_MEMO), else None. Then they equal its
+    argmax (see predicted_labels)."""
     found = None if key is None else _SAMPLE_MEMO.find(key[0], position=0)
     pair = None if found is None else found.stored("pair")
     return None if pair is None else _gt_labels(found, pair)
@@ -687,6 +718,106 @@ def _probabilities(prediction: np.ndarray, atol: float | None) -> np.ndarray:
     if not prediction.size:
         return np.zeros((k, n * h, w), np.float32)
     return _probability_planes(_prediction(prediction), _default_atol(prediction, atol))
+
+
+def class_probabilities(prediction: np.ndarray, *, atol: float | None = None) -> np.ndarray:
+    """:func:`to_probabilities`, class axis first: the probability map of every class.
+
+    Args:
+        prediction: (N, S, S, K) logits or probabilities, any real dtype (float16 included).
+        atol: keyword-only channel-sum tolerance of the probability test (see :func:`to_probabilities`).
+
+    Returns:
+        (N, K, S, S) float32 C-contiguous, a new array: ``out[i, c] == to_probabilities(prediction)[i, ..., c]``
+        bit for bit. All K maps are 0 at a pixel whose prediction vector holds NaN/Inf. Computed class-first, so
+        for N = 1 (one sample) no transpose is needed.
+
+    Raises:
+        ValueError: ``prediction`` is not a 4-D real array with K >= 2.
+    """
+    prediction = _check_prediction(prediction)
+    n, h, w, k = prediction.shape
+    planes = _probabilities(prediction, atol).reshape(k, n, h, w)  # a new array
+    if n == 1:
+        return planes.reshape(1, k, h, w)
+    return np.ascontiguousarray(planes.transpose(1, 0, 2, 3))
+
+
+def predicted_labels(prediction: np.ndarray) -> np.ndarray:
+    """Predicted class of every pixel: the argmax over the class axis.
+
+    Args:
+        prediction: (N, S, S, K) logits or probabilities, any real dtype (float16 included), 2 <= K <= 256.
+            A one-hot ground truth is accepted too: its argmax is its class, 0 at an all-zero pixel.
+
+    Returns:
+        (N, S, S) uint8, a new array: the first maximum (``np.argmax``'s tie rule), the same for logits and for
+        probabilities. A pixel whose prediction vector holds NaN or ±Inf maps to 0 (background); the metrics
+        count it as predicting no class, and :func:`label_pairs` tells the two apart.
+
+    Raises:
+        ValueError: ``prediction`` is not a 4-D real array with K >= 2, or has more than 256 classes.
+    """
+    prediction = _check_prediction(prediction)
+    _check_classes_at_most(prediction, "prediction", "predicted_labels", MAX_LABEL_CLASSES)
+    n, h, w, _ = prediction.shape
+    key = _PREDICTION_MEMO.key(prediction)  # both memos key arrays alike
+    # The ground truth of a pair the metrics validated has its labels memoised (0 at ignored pixels): they are its
+    # argmax, so a label map of the ground truth costs no argmax of its own.
+    labels = _validated_ground_truth_labels(key)
+    if labels is None:
+        labels = _prediction(prediction, key).labels()  # 0 at NaN/Inf pixels (their scores are zeroed)
+    return labels.reshape(n, h, w).copy()
+
+
+def ground_truth_labels(ground_truth: np.ndarray) -> np.ndarray:
+    """Ground-truth class of every pixel of a validated one-hot ground truth.
+
+    Args:
+        ground_truth: (N, S, S, K) one-hot, any real dtype (float16, integers and bool included), 2 <= K <= 256.
+            Values must be exactly 0 or 1 (-0 counts as 0) with at most one 1 per pixel; an all-zero pixel is
+            *ignored* (e.g. the engine's padding).
+
+    Returns:
+        (N, S, S) uint8, a new array: the index of the pixel's 1, and 0 (background) at an ignored pixel. This
+        is the one-hot's argmax, so it equals :func:`predicted_labels` of the same array. The metrics leave
+        ignored pixels out; to tell them from background use ``ground_truth.any(-1)`` or :func:`label_pairs`.
+
+    Raises:
+        ValueError: ``ground_truth`` is not a 4-D real array with K >= 2, has more than 256 classes, or is not
+            finite one-hot (the metrics' messages: "NaN or Inf", "values 0 or 1", "more than one class").
+    """
+    ground_truth = _check_ground_truth(ground_truth)
+    _check_classes_at_most(ground_truth, "ground_truth", "ground_truth_labels", MAX_LABEL_CLASSES)
+    n, h, w, _ = ground_truth.shape
+    labels = _validated_ground_truth_labels(_SAMPLE_MEMO.key(ground_truth))  # validated by the metrics already
+    if labels is None:
+        labels = _mask_labels(_ground_truth_masks(ground_truth)[0])  # validates first
+    return labels.reshape(n, h, w).copy()
+
+
+def label_pairs(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """The (ground-truth class, predicted class) pair of every pixel, as one code.
+
+    Args:
+        ground_truth: (N, S, S, K) one-hot (all-zero pixels are ignored), 2 <= K <= 255.
+        prediction: (N, S, S, K) logits or probabilities, the same shape.
+
+    Returns:
+        (N, S, S) ``g * (K + 1) + p``, a new array, where g is the pixel's ground-truth class and p its predicted
+        class (argmax, first maximum), each in 0..K with K meaning "no class": g = K at an ignored (all-zero)
+        ground-truth pixel, p = K where the prediction vector holds NaN or ±Inf. ``np.divmod(codes, K + 1)``
+        gives ``(g, p)`` back. uint8 for K <= 15 (all ``(K + 1)^2`` codes fit), uint16 above. The metrics'
+        counts are histograms of these codes (pixels with g < K only).
+
+    Raises:
+        ValueError: bad shapes (not 4-D, different shapes, K < 2), more than 255 classes, or a ground truth that
+            is not finite one-hot.
+    """
+    sample = _sample(ground_truth, prediction)
+    _check_classes_at_most(sample.ground_truth, "ground_truth", "label_pairs", MAX_LABEL_PAIR_CLASSES)
+    n, h, w, _ = sample.ground_truth.shape
+    return sample.label_pairs().reshape(n, h, w).copy()  # validates the one-hot
 
 
 def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

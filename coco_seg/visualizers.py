@@ -16,9 +16,10 @@ import numpy as np
 from coco_seg import metrics
 from coco_seg.content_memo import ContentMemo, read_only
 
-# Speed: these run once per sample after inference, so they share metrics' one-pass internals (class planes,
-# uint8 masks, OpenCV float16 arithmetic) instead of reductions over the short class axis, and its memo of each
-# sample's validated planes and per-pixel loss; see coco_seg.metrics.
+# Speed: these run once per sample after inference, each engine call on its own copy of the sample. They are built
+# on metrics' public per-pixel functions (predicted_labels, label_pairs, pixel_cross_entropy, class_probabilities),
+# which share the metrics' content-keyed memo: a sample's validation, argmax and softmax are computed once for all
+# its metric, loss and visualizer calls; see coco_seg.metrics.
 
 # Every visualizer of a sample shows its image: memoised by content, it is denormalised once per sample.
 _IMAGE_MEMO = ContentMemo(entries=2)
@@ -91,14 +92,12 @@ def label_map(one_hot_or_scores: np.ndarray) -> np.ndarray:
         pixel, maps to 0 (background).
     """
     scores = drop_batch_axis(one_hot_or_scores)
-    if scores.shape[-1] > 256:
-        raise ValueError(f"label_map supports at most 256 classes; got shape {scores.shape}")
-    batch = scores[None]
-    key = metrics._PREDICTION_MEMO.key(batch)  # both memos key arrays alike
-    labels = metrics._validated_ground_truth_labels(batch, key)  # a ground truth the metrics already checked
-    if labels is None:
-        labels = metrics._prediction(batch, key).labels()  # 0 at NaN/Inf pixels (their scores are zeroed)
-    return labels.reshape(scores.shape[:-1]).copy()
+    if scores.shape[-1] > metrics.MAX_LABEL_CLASSES:
+        raise ValueError(f"label_map supports at most {metrics.MAX_LABEL_CLASSES} classes; got shape {scores.shape}")
+    if scores.shape[-1] == 1:  # one class: the argmax is 0 everywhere (metrics take K >= 2)
+        return np.zeros(scores.shape[:-1], np.uint8)
+    # a ground truth the metrics already validated costs no argmax: its memoised labels are returned
+    return metrics.predicted_labels(scores[None])[0]
 
 
 def error_map_labels(class_names: Sequence[str]) -> list[str]:
@@ -142,13 +141,13 @@ def error_map(ground_truth: np.ndarray, prediction: np.ndarray, *,
         raise ValueError(f"error_map supports at most 128 classes; got {len(class_names)}")
     # Label K is "no class" on both sides: an ignored ground-truth pixel, a NaN/Inf prediction. Each
     # (ground truth, prediction) label pair indexes a table of the codes.
-    label_pairs = metrics._sample(ground_truth[None], prediction[None]).label_pairs()  # validates the one-hot
+    label_pairs = metrics.label_pairs(ground_truth[None], prediction[None])[0]  # validates the one-hot; our own array
     table = _error_code_table(len(class_names))
     if label_pairs.size and table.size == 256:
-        codes = cv2.LUT(label_pairs, table)
+        codes = cv2.LUT(label_pairs, table, dst=label_pairs)  # in place
     else:
         codes = table[label_pairs]
-    return codes.reshape(ground_truth.shape[:-1]), error_map_labels(class_names)
+    return codes, error_map_labels(class_names)
 
 
 @lru_cache(maxsize=None)
@@ -189,6 +188,4 @@ def confidence_heatmaps(prediction: np.ndarray) -> np.ndarray:
     Returns:
         (K, S, S) float32 in [0, 1], channel first; all zeros at pixels whose prediction holds NaN/Inf.
     """
-    prediction = metrics._check_prediction(drop_batch_axis(prediction)[None])
-    _, h, w, k = prediction.shape
-    return metrics._probabilities(prediction, None).reshape(k, h, w)  # computed class-first
+    return metrics.class_probabilities(drop_batch_axis(prediction)[None])[0]  # computed class-first: no transpose

@@ -651,3 +651,168 @@ def test_concurrent_calls_on_different_samples_get_their_own_results():
         thread.join()
     assert failures == []
     assert len(metrics._SAMPLE_MEMO) <= 2 and len(metrics._PREDICTION_MEMO) <= 2
+
+
+# --- the public per-pixel functions (predicted_labels, ground_truth_labels, label_pairs, class_probabilities)
+
+def reference_predicted_labels(pred) -> np.ndarray:
+    """(N, S, S) uint8: np.argmax over the classes (first maximum), 0 where the vector holds NaN/Inf."""
+    with np.errstate(all="ignore"):
+        x = np.asarray(pred).astype(np.float64)
+    finite = np.isfinite(x).all(-1)
+    return np.where(finite, np.where(finite[..., None], x, 0).argmax(-1), 0).astype(np.uint8)
+
+
+def reference_ground_truth_labels(gt) -> np.ndarray:
+    """(N, S, S) int64: the index of the pixel's 1, -1 at an ignored (all-zero) pixel."""
+    gt = np.asarray(gt, np.float64)
+    return np.where(gt.max(-1) > 0, gt.argmax(-1), -1)
+
+
+def reference_label_pairs(gt, pred) -> np.ndarray:
+    """(N, S, S) int64 g * (K + 1) + p, K for "no class" (ignored ground truth, NaN/Inf prediction)."""
+    k = gt.shape[-1]
+    g = reference_ground_truth_labels(gt)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(np.asarray(pred).astype(np.float64)).all(-1)
+    p = np.where(finite, reference_predicted_labels(pred), k)
+    return np.where(g >= 0, g, k) * (k + 1) + p
+
+
+PER_PIXEL_CASES = [
+    dict(n=1, s=16, k=3, pred_dtype=np.float16, invalid=0.05, ignored=0.1),
+    dict(n=3, s=8, k=3, invalid=0.05, ignored=0.2), dict(n=2, s=7, k=5, kind="ties", pred_dtype=np.float16),
+    dict(n=2, s=8, k=3, kind="probabilities", pred_dtype=np.float16, invalid=0.02),
+    dict(n=3, s=6, k=4, kind="mixed", invalid=0.03, ignored=0.1), dict(n=1, s=5, k=3, pred_dtype=np.float64),
+    dict(n=1, s=5, k=3, gt_dtype=np.uint8, pred_dtype=np.int32), dict(n=1, s=5, k=3, gt_dtype=bool),
+    dict(n=2, s=6, k=16, gt_dtype=np.float16, pred_dtype=np.float16, invalid=0.05, ignored=0.1),
+    dict(n=1, s=4, k=130, ignored=0.1, invalid=0.05), dict(n=1, s=3, k=255, ignored=0.2, invalid=0.1),
+]
+
+
+@pytest.mark.parametrize("case", PER_PIXEL_CASES,
+                         ids=lambda c: "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in c.items()))
+@pytest.mark.parametrize("validated", [False, True], ids=["alone", "after-the-metrics"])
+def test_per_pixel_functions_match_plain_definitions(case, validated):
+    rng = np.random.default_rng(PER_PIXEL_CASES.index(case))
+    gt, pred = random_case(rng, **case)
+    n, s, _, k = gt.shape
+    if validated:  # the pair is validated and memoised: the functions reuse its labels and planes
+        metrics.confusion_counts(gt, pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = metrics.predicted_labels(pred)
+        gt_labels = metrics.ground_truth_labels(gt)
+        gt_argmax = metrics.predicted_labels(gt)  # a one-hot's argmax is its class
+        pairs = metrics.label_pairs(gt, pred)
+        probabilities = metrics.class_probabilities(pred)
+    assert labels.dtype == gt_labels.dtype == gt_argmax.dtype == np.uint8
+    assert labels.shape == gt_labels.shape == pairs.shape == (n, s, s)
+    np.testing.assert_array_equal(labels, reference_predicted_labels(pred))
+    np.testing.assert_array_equal(gt_labels, np.maximum(reference_ground_truth_labels(gt), 0))  # ignored → 0
+    np.testing.assert_array_equal(gt_argmax, gt_labels)
+    assert pairs.dtype == (np.uint8 if k <= 15 else np.uint16)
+    np.testing.assert_array_equal(pairs, reference_label_pairs(gt, pred))
+    assert probabilities.dtype == np.float32 and probabilities.shape == (n, k, s, s)
+    assert probabilities.flags.c_contiguous
+    np.testing.assert_allclose(probabilities, np.moveaxis(reference_probabilities(pred)[0], -1, 1), atol=1e-6)
+    np.testing.assert_array_equal(probabilities, np.moveaxis(metrics.to_probabilities(pred), -1, 1), strict=True)
+
+
+def test_label_pairs_are_what_the_counts_tally():
+    rng = np.random.default_rng(21)
+    gt, pred = random_case(rng, n=3, s=10, k=4, pred_dtype=np.float16, ignored=0.1, invalid=0.05)
+    pairs = metrics.label_pairs(gt, pred)
+    g, p = np.divmod(pairs.astype(np.int64), 5)
+    tp, fp, fn = metrics.confusion_counts(gt, pred)
+    for i in range(3):
+        for c in range(4):
+            assert tp[i, c] == np.sum((g[i] == c) & (p[i] == c))
+            assert fp[i, c] == np.sum((g[i] < 4) & (g[i] != c) & (p[i] == c))
+            assert fn[i, c] == np.sum((g[i] == c) & (p[i] != c))
+
+
+def test_per_pixel_hand_case():
+    labels = GT.copy()
+    labels[0, 3] = -1  # ignored
+    gt, pred = one_hot(labels), logits_for(PRED)
+    pred[0, 1, 1] = [np.nan, 0, 0]  # no class predicted
+    want_pred = PRED.copy()
+    want_pred[1, 1] = 0
+    np.testing.assert_array_equal(metrics.predicted_labels(pred)[0], want_pred)
+    want_gt = GT.copy()
+    want_gt[0, 3] = 0
+    np.testing.assert_array_equal(metrics.ground_truth_labels(gt)[0], want_gt)
+    pairs = metrics.label_pairs(gt, pred)[0]
+    assert pairs[0, 3] == K * (K + 1) + 1      # ignored ground truth (K), class 1 predicted
+    assert pairs[1, 1] == 0 * (K + 1) + K      # background, no class predicted (NaN)
+    assert pairs[3, 1] == 2 * (K + 1) + 0      # class 2 predicted as background
+    probabilities = metrics.class_probabilities(pred)
+    np.testing.assert_array_equal(probabilities[0, :, 1, 1], 0)
+    np.testing.assert_allclose(probabilities.sum(axis=1).ravel()[[0, 1, 2, 3, 4, 6]], 1, rtol=1e-6)
+
+
+def test_per_pixel_functions_return_arrays_of_their_own():
+    rng = np.random.default_rng(22)
+    gt, pred = random_case(rng, n=1, s=8, k=3, pred_dtype=np.float16, invalid=0.05, ignored=0.1)
+    metrics.mean_iou(gt, pred)  # memoised: the labels and pairs come from the memo
+    functions = [lambda: metrics.predicted_labels(pred.copy()), lambda: metrics.ground_truth_labels(gt.copy()),
+                 lambda: metrics.predicted_labels(gt.copy()), lambda: metrics.label_pairs(gt.copy(), pred.copy()),
+                 lambda: metrics.class_probabilities(pred.copy())]
+    want = [f().copy() for f in functions]
+    for f in functions:
+        got = f()
+        assert got.flags.writeable
+        got[...] = 7
+    for f, w in zip(functions, want):
+        np.testing.assert_array_equal(f(), w, strict=True)
+
+
+def test_per_pixel_functions_validate_their_arguments():
+    gt, pred = one_hot(GT), logits_for(PRED)
+    for function, name, array in [(metrics.predicted_labels, "prediction", pred),
+                                  (metrics.class_probabilities, "prediction", pred),
+                                  (metrics.ground_truth_labels, "ground_truth", gt)]:
+        with pytest.raises(ValueError, match=rf"{name} must be a 4-D array \(N, S, S, K\); got shape \(4, 4, 3\)"):
+            function(array[0])
+        with pytest.raises(ValueError, match=rf"{name} must be a 4-D array.*\(1, 1, 4, 4, 3\)"):
+            function(array[None])
+        with pytest.raises(ValueError, match=rf"{name} must have K >= 2 classes"):
+            function(array[..., :1])
+        with pytest.raises(ValueError, match=f"{name} must be a real numeric array"):
+            function(array.astype(np.complex64))
+    for function, name in [(metrics.predicted_labels, "prediction"), (metrics.ground_truth_labels, "ground_truth")]:
+        with pytest.raises(ValueError, match=rf"{function.__name__} supports at most 256 classes.*{name}"):
+            function(one_hot(np.zeros((2, 2), int), k=257))
+        assert function(one_hot(np.zeros((2, 2), int), k=256)).shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="label_pairs supports at most 255 classes"):
+        metrics.label_pairs(one_hot(np.zeros((2, 2), int), k=256), one_hot(np.zeros((2, 2), int), k=256))
+    with pytest.raises(ValueError, match=r"ground_truth must be a 4-D array.*\(4, 4, 3\)"):
+        metrics.label_pairs(gt[0], pred)
+    with pytest.raises(ValueError, match=r"prediction must be a 4-D array.*\(4, 4, 3\)"):
+        metrics.label_pairs(gt, pred[0])
+    with pytest.raises(ValueError, match=r"same shape.*\(1, 4, 4, 3\).*\(1, 4, 4, 4\)"):
+        metrics.label_pairs(gt, logits_for(PRED, k=4))
+    with pytest.raises(ValueError, match="K >= 2"):
+        metrics.label_pairs(gt[..., :1], pred[..., :1])
+    metrics.mean_iou(gt, pred)  # a valid pair of the same prediction in the memo: the bad ground truths still fail
+    for value, message in [(np.nan, "ground_truth must be finite one-hot; it holds NaN or Inf"),
+                           (0.5, r"ground_truth must be one-hot \(values 0 or 1\); found values \[0\.5\]"),
+                           (1.0, "ground_truth must be one-hot: some pixels have more than one class set")]:
+        bad = gt.copy()
+        bad[0, 0, 0, 1] = value  # (0, 0) is background: a second 1 there is two classes
+        for _ in range(2):
+            with pytest.raises(ValueError, match=message):
+                metrics.ground_truth_labels(bad)
+            with pytest.raises(ValueError, match=message):
+                metrics.label_pairs(bad, pred)
+    # a prediction is not checked as a one-hot: any real scores
+    np.testing.assert_array_equal(metrics.predicted_labels(gt * 2 - 0.5)[0], GT)
+
+
+def test_per_pixel_functions_are_public_and_documented():
+    for name in ("predicted_labels", "ground_truth_labels", "label_pairs", "class_probabilities"):
+        assert name in metrics.__all__
+        doc = getattr(metrics, name).__doc__
+        for section in ("Args:", "Returns:", "Raises:", "(N, S, S, K)", "NaN"):
+            assert section in doc, (name, section)

@@ -288,3 +288,134 @@ def test_label_map_of_a_ground_truth_the_metrics_checked_is_its_argmax():
     labels[...] = 9  # the caller's own array
     np.testing.assert_array_equal(visualizers.label_map(gt), reference_labels(gt))
     np.testing.assert_array_equal(visualizers.label_map(pred), reference_labels(pred))  # not a ground truth
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Every visualizer against plain numpy restatements (float64, the class axis last), on random samples with NaN/Inf
+# prediction pixels and ignored ground-truth pixels: what they return must not depend on how metrics computes it.
+
+def reference_probabilities(pred):
+    """(S, S, K) float64 probabilities of one sample by the documented rule: probabilities (renormalised) when every
+    finite pixel's values lie in [0, 1] and sum to 1 within atol (1e-2 for float16, 1e-3 otherwise), else a
+    softmax; an all-zero vector where the prediction holds NaN/Inf."""
+    atol = 1e-2 if pred.dtype == np.float16 else 1e-3
+    with np.errstate(all="ignore"):
+        x = pred.astype(np.float64)
+    finite = np.isfinite(x).all(-1)
+    x = np.where(finite[..., None], x, 0)
+    sums = x.sum(-1)
+    if ((x >= 0) & (x <= 1)).all() and (np.abs(sums[finite] - 1) <= atol).all():
+        out = np.divide(x, sums[..., None], out=np.zeros_like(x), where=sums[..., None] > 0)
+        is_probabilities = True
+    else:
+        e = np.exp(x - x.max(-1, keepdims=True))
+        out, is_probabilities = e / e.sum(-1, keepdims=True), False
+    return np.where(finite[..., None], out, 0), finite, is_probabilities
+
+
+def reference_loss(gt, pred, eps=1e-7):
+    """(S, S) float64 per-pixel cross-entropy: -log p(ground-truth class), clipped at eps for probabilities, the exact
+    log-softmax for logits; -log(eps) at NaN/Inf pixels; 0 at ignored pixels."""
+    probabilities, finite, is_probabilities = reference_probabilities(pred)
+    g = gt.astype(np.float64).argmax(-1)[..., None]
+    if is_probabilities:
+        loss = -np.log(np.clip(np.take_along_axis(probabilities, g, -1)[..., 0], eps, 1))
+    else:
+        with np.errstate(all="ignore"):
+            x = np.where(finite[..., None], pred.astype(np.float64), 0)
+        shifted = x - x.max(-1, keepdims=True)
+        loss = np.log(np.exp(shifted).sum(-1)) - np.take_along_axis(shifted, g, -1)[..., 0]
+    loss = np.where(finite, loss, -np.log(eps))
+    return np.where(gt.max(-1) > 0, loss, 0)
+
+
+def random_sample(rng, *, s, k, dtype, kind):
+    gt = np.eye(k, dtype=np.float32)[rng.integers(0, k, (s, s))]
+    gt[rng.random((s, s)) < 0.1] = 0  # ignored pixels
+    gt = gt.astype(dtype)
+    if kind == "logits":
+        pred = rng.normal(0, 3, (s, s, k))
+    else:
+        pred = rng.dirichlet(np.ones(k), (s, s))
+    pred = pred.astype(dtype)
+    pixels = rng.random((s, s)) < 0.06  # NaN, +Inf or -Inf in one class of some pixels
+    pred[pixels, rng.integers(0, k)] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype), int(pixels.sum()))
+    pred[0, 0, :] = np.nan  # an all-NaN pixel
+    return gt, pred
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("batch_axis", [False, True], ids=["sample", "batch-of-one"])
+@pytest.mark.parametrize("kind", ["logits", "probabilities"])
+@pytest.mark.parametrize("after_metrics", [False, True], ids=["alone", "after-the-metrics"])
+def test_every_visualizer_matches_plain_numpy(dtype, batch_axis, kind, after_metrics):
+    from coco_seg import metrics
+
+    rng = np.random.default_rng([int(batch_axis), int(after_metrics), np.dtype(dtype).itemsize, len(kind)])
+    for k in (3, 16):
+        names = ["background"] + [f"class {c}" for c in range(1, k)]
+        gt, pred = random_sample(rng, s=24, k=k, dtype=dtype, kind=kind)
+        if after_metrics:  # as the engine does: the metrics and the loss first, on their own (1, S, S, K) copies
+            metrics.mean_iou(gt[None].copy(), pred[None].copy()), metrics.cross_entropy_loss(gt[None], pred[None])
+        given = (lambda a: a[None].copy()) if batch_axis else (lambda a: a.copy())
+        probabilities = reference_probabilities(pred)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gt_map, pred_map = visualizers.label_map(given(gt)), visualizers.label_map(given(pred))
+            codes, labels = visualizers.error_map(given(gt), given(pred), class_names=names)
+            loss = visualizers.loss_heatmap(given(gt), given(pred))
+            heatmaps = visualizers.confidence_heatmaps(given(pred))
+        for array, shape, array_dtype in [(gt_map, (24, 24), np.uint8), (pred_map, (24, 24), np.uint8),
+                                          (codes, (24, 24), np.uint8), (loss, (1, 24, 24), np.float32),
+                                          (heatmaps, (k, 24, 24), np.float32)]:
+            assert array.shape == shape and array.dtype == array_dtype and array.flags.c_contiguous
+            assert array.flags.writeable
+        np.testing.assert_array_equal(gt_map, np.where(gt.max(-1) > 0, gt.astype(np.float64).argmax(-1), 0))
+        np.testing.assert_array_equal(pred_map, reference_labels(pred))
+        assert labels == visualizers.error_map_labels(names)
+        np.testing.assert_array_equal(codes, reference_error_codes(gt, pred))
+        np.testing.assert_allclose(loss[0], reference_loss(gt, pred), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(heatmaps, np.moveaxis(probabilities, -1, 0), atol=1e-6)
+        np.testing.assert_array_equal(heatmaps[:, 0, 0], 0)
+
+
+def test_a_samples_engine_calls_share_one_validation_argmax_and_softmax(monkeypatch):
+    """The engine calls the metrics, the loss and each visualizer on its own copy of the sample: through the
+    content-keyed memo the sample is validated, de-interleaved, argmaxed and exponentiated once for all of them."""
+    from coco_seg import metrics
+
+    counts = {}
+
+    def counting(name):
+        function = getattr(metrics, name)
+
+        def counted(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return function(*args, **kwargs)
+        monkeypatch.setattr(metrics, name, counted)
+
+    for name in ("_ground_truth_masks", "_score_planes", "_argmax_labels", "_mask_labels", "_exp"):
+        counting(name)
+    rng = np.random.default_rng(17)
+    metrics._SAMPLE_MEMO.clear()
+    metrics._PREDICTION_MEMO.clear()
+    gt, pred = random_sample(rng, s=16, k=K, dtype=np.float16, kind="logits")
+
+    def engine_calls():
+        batch = [gt[None].copy(), pred[None].copy()]
+        metrics.mean_iou(*batch), metrics.pixel_accuracy(gt[None].copy(), pred[None].copy())
+        metrics.cross_entropy_loss(gt[None].copy(), pred[None].copy())
+        return [visualizers.label_map(gt.copy()), visualizers.label_map(pred.copy()),
+                visualizers.error_map(gt.copy(), pred.copy(), class_names=NAMES)[0],
+                visualizers.loss_heatmap(gt.copy(), pred.copy()), visualizers.confidence_heatmaps(pred.copy())]
+
+    first = engine_calls()
+    once = {"_ground_truth_masks": 1, "_score_planes": 1, "_argmax_labels": 1, "_mask_labels": 1, "_exp": 1}
+    assert counts == once
+    second = engine_calls()  # the same sample again, in new objects: all from the memo
+    assert counts == once
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b, strict=True)
+    pred[1, 1] += np.float16(1)  # another prediction: computed again, the ground truth's labels too (a new pair)
+    engine_calls()
+    assert counts == {name: 2 for name in once}
