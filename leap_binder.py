@@ -1,4 +1,9 @@
-"""Tensorleap entry file: registers coco-seg's functions with the engine (code-loader decorator API).
+"""The registry of coco-seg's data-side functions with the Tensorleap engine (code-loader decorator API).
+
+Preprocess, input and ground-truth encoders, metadata, metrics, the loss and the visualizers. The model loader,
+the custom latent spaces and the integration test live in ``leap_integration.py`` (today's entry file, named by
+``leap.yaml``), which imports this module; the older ``tensorleap datasets save`` reads this file alone
+(``.tensorleap.yaml``).
 
 A thin registry: every decorated function delegates to a plain, typed function in ``coco_seg`` that is tested
 without code-loader. The configuration is loaded once, from ``$COCO_SEG_CONFIG`` or the shipped defaults.
@@ -7,7 +12,7 @@ without code-loader. The configuration is loaded once, from ``$COCO_SEG_CONFIG``
 from typing import Dict, List
 
 import numpy as np
-from code_loader.contract.datasetclasses import PredictionTypeHandler, PreprocessResponse
+from code_loader.contract.datasetclasses import PreprocessResponse
 from code_loader.contract.enums import DatasetMetadataType, DataStateType, LeapDataType, MetricDirection
 from code_loader.contract.visualizer_classes import LeapImage, LeapImageMask, LeapImageWithHeatmap
 from code_loader.inner_leap_binder.leapbinder_decorators import (
@@ -16,8 +21,6 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (
     tensorleap_custom_visualizer,
     tensorleap_gt_encoder,
     tensorleap_input_encoder,
-    tensorleap_integration_test,
-    tensorleap_load_model,
     tensorleap_metadata,
     tensorleap_preprocess,
     tensorleap_unlabeled_preprocess,
@@ -27,12 +30,12 @@ from coco_seg import metrics, visualizers
 from coco_seg.coco_data import load_labeled_split, load_unlabeled_split, resolve_data_root
 from coco_seg.config import get_config
 from coco_seg.encoders import encode_image, encode_mask, sample_metadata
-from coco_seg.export import load_checked_model
+from coco_seg.export import INPUT_NAME
 from coco_seg.metadata import metadata_names
 
 CONFIG = get_config()
 CLASS_NAMES = list(CONFIG.class_names)
-MODEL_IS_ONNX = CONFIG.model_path is not None and CONFIG.model_path.suffix.lower() == ".onnx"
+METADATA_TYPES = {int: DatasetMetadataType.int, float: DatasetMetadataType.float, bool: DatasetMetadataType.boolean}
 
 
 @tensorleap_preprocess()
@@ -50,7 +53,7 @@ if "unlabeled" in CONFIG.splits:
         return PreprocessResponse(sample_ids=split.sample_ids, data=split, state=DataStateType.unlabeled)
 
 
-@tensorleap_input_encoder("image", channel_dim=-1)
+@tensorleap_input_encoder(INPUT_NAME, channel_dim=-1)
 def image_encoder(sample_id: str, preprocess_response: PreprocessResponse) -> np.ndarray:
     return encode_image(preprocess_response.data, sample_id)
 
@@ -62,15 +65,14 @@ def mask_encoder(sample_id: str, preprocess_response: PreprocessResponse) -> np.
 
 def _register_metadata(name: str, value_type: type):
     def metadata(sample_id: str, preprocess_response: PreprocessResponse):
-        return sample_metadata(preprocess_response.data, sample_id)[name]
+        return sample_metadata(preprocess_response.data, sample_id)[name]  # None = missing (declared type kept)
 
     metadata.__name__ = f"metadata_{name}"
-    kind = DatasetMetadataType.boolean if value_type is bool else DatasetMetadataType.float
-    return tensorleap_metadata(name, metadata_type=kind)(metadata)
+    return tensorleap_metadata(name, metadata_type=METADATA_TYPES[value_type])(metadata)
 
 
 # One engine metadata per name (background_percent, person_count, ...); all read the sample's single decode.
-METADATA = [_register_metadata(name, value_type) for name, value_type in metadata_names(CONFIG).items()]
+METADATA = {name: _register_metadata(name, value_type) for name, value_type in metadata_names(CONFIG).items()}
 
 
 @tensorleap_custom_metric("iou", direction={name: MetricDirection.Upward for name in CLASS_NAMES})
@@ -129,36 +131,3 @@ def loss_heatmap_visualizer(image: np.ndarray, mask: np.ndarray, prediction: np.
 def confidence_heatmap_visualizer(image: np.ndarray, prediction: np.ndarray) -> LeapImageWithHeatmap:
     heatmaps = visualizers.confidence_heatmaps(prediction)
     return LeapImageWithHeatmap(visualizers.denormalize_image(image).astype(np.float32), heatmaps, CLASS_NAMES)
-
-
-@tensorleap_load_model([PredictionTypeHandler("segmentation", CLASS_NAMES, channel_dim=-1)])
-def load_model():
-    return load_checked_model(CONFIG)
-
-
-@tensorleap_integration_test()
-def integration_test(sample_id: str, preprocess_response: PreprocessResponse) -> None:
-    image = image_encoder(sample_id, preprocess_response)
-    mask = mask_encoder(sample_id, preprocess_response)
-    model = load_model()
-    # onnxruntime sessions are driven through run(); Keras models are called (code-loader mirrors both APIs).
-    prediction = model.run(None, {"image": image})[0] if MODEL_IS_ONNX else model([image])
-    for metadata in METADATA:
-        metadata(sample_id, preprocess_response)
-    iou(mask, prediction)
-    mean_iou(mask, prediction)
-    dice(mask, prediction)
-    pixel_accuracy(mask, prediction)
-    pixel_cross_entropy(mask, prediction)
-    input_image_visualizer(image)
-    gt_mask_visualizer(image, mask)
-    prediction_mask_visualizer(image, prediction)
-    error_map_visualizer(image, mask, prediction)
-    loss_heatmap_visualizer(image, mask, prediction)
-    confidence_heatmap_visualizer(image, prediction)
-
-
-if __name__ == "__main__":
-    from coco_seg.check import main
-
-    raise SystemExit(main())

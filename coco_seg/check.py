@@ -1,10 +1,14 @@
-"""`coco-seg check`: the Tensorleap engine's own checks of leap_binder.py, run locally, with a verdict.
+"""`coco-seg check`: the Tensorleap engine's own checks of the entry file, run locally, with a verdict.
 
 Two checks, each in a fresh subprocess because code-loader keeps global state (a second loader in one process
-fails): (1) the engine loader — ``LeapLoader.check_dataset()`` (never raises: its ``is_valid`` and every payload
-are read) followed by ``get_sample`` on the first samples of every split, whose input/GT shapes and dtypes and
-metadata we verify ourselves (the loader does not); (2) the binder's ``@tensorleap_integration_test`` on the first
-sample of every labeled split, which loads the model and runs every metric, the loss and every visualizer.
+fails): (1) the engine loader — ``LeapLoader.check_dataset()`` on ``leap_integration.py`` (never raises: its
+``is_valid`` and every payload are read) followed by ``get_sample`` on the first samples of every split, whose
+input/GT shapes and dtypes and metadata we verify ourselves (the loader does not); (2) the entry file's
+``@tensorleap_integration_test`` on the first sample of every labeled split, which loads the model and runs every
+metric, the loss, every visualizer and the custom latent spaces.
+
+A metadata value that is None is reported as missing, not as a failure (an unknown value is a valid answer);
+a sample that failed to decode is a failure, reported as such with its file and reason.
 """
 
 import json
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENTRY_FILE = "leap_binder.py"
+ENTRY_FILE = "leap_integration.py"
 SAMPLES_PER_SPLIT = 2
 RESULT_MARKER = "COCO_SEG_CHECK_RESULT "
 
@@ -36,6 +40,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
     from code_loader.leaploader import LeapLoader
 
     from coco_seg.config import get_config
+    from coco_seg.export import INPUT_NAME
 
     config = get_config()
     loader = LeapLoader(code_path=code_path, code_entry_name=ENTRY_FILE)
@@ -48,6 +53,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
                      for p in result.payloads],
         "samples": [],
         "problems": [],
+        "notes": [],
     }
     if not result.is_valid:
         return report
@@ -59,15 +65,16 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
         response = loader._preprocess_result()[state]
         for sample_id in response.sample_ids[:SAMPLES_PER_SPLIT]:
             sample = loader.get_sample(state, sample_id)
-            image = sample.inputs["image"]
+            image = sample.inputs[INPUT_NAME]
             entry = {"split": state_name, "sample_id": sample_id, "image": [list(image.shape), str(image.dtype)],
                      "metadata_none": sorted(k for k, v in sample.metadata_is_none.items() if v)}
             where = f"{state_name} sample {sample_id}"
             failure = getattr(response.data, "failed_at_decode", {}).get(sample_id)
             if failure is not None:  # served as a placeholder (ignored GT, missing metadata): say why, not what
-                listed = f"; listed in {response.data.report_path}" if response.data.report_path else ""
-                report["problems"].append(f"{where} ({failure.file}) failed to decode: {failure.reason} (served as "
-                                          f"a placeholder{listed})")
+                report_path = response.data.report_path
+                report["problems"].append(f"{where} ({failure.file}) failed to decode (see the report"
+                                          f"{'' if report_path is None else ' ' + str(report_path)}): "
+                                          f"{failure.reason}; served as a placeholder")
                 report["samples"].append(entry)
                 continue
             if image.shape != (size, size, 3) or image.dtype != np.float32:
@@ -83,8 +90,8 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
                                               f"({size}, {size}, {channels}) float32")
                 elif not np.allclose(mask.sum(axis=-1), 1.0):
                     report["problems"].append(f"{where}: mask is not one-hot")
-                if entry["metadata_none"]:
-                    report["problems"].append(f"{where}: metadata is None: {', '.join(entry['metadata_none'])}")
+            if entry["metadata_none"]:
+                report["notes"].append(f"{where}: metadata missing (None): {', '.join(entry['metadata_none'])}")
             report["samples"].append(entry)
     report["bad_samples"] = _bad_sample_summaries(loader)  # after the fetches above, which may add decode failures
     return report
@@ -104,16 +111,12 @@ def _bad_sample_summaries(loader: Any) -> list[dict[str, Any]]:
 
 
 def _integration_test_worker() -> dict[str, Any]:
-    """Runs inside the subprocess: the binder's integration test on the first sample of each labeled split."""
+    """Runs inside the subprocess: the entry file's integration test on the first sample of each labeled split."""
     sys.path.insert(0, str(REPO_ROOT))
-    import leap_binder
+    import leap_integration
 
-    tested = []
-    for response in leap_binder.preprocess():
-        sample_id = response.sample_ids[0]
-        leap_binder.integration_test(sample_id, response)
-        tested.append(f"{response.state.name}:{sample_id}")
-    return {"tested": tested}
+    return {"tested": leap_integration.main(samples_per_split=1),
+            "latent_spaces": leap_integration.MODEL_OUTPUTS.has_features}
 
 
 def _run_worker(kind: str, *, config_path: Optional[Path], timeout: float) -> tuple[Optional[dict], str]:
@@ -145,14 +148,18 @@ def engine_check(*, config_path: Optional[Path] = None, timeout: float = 600) ->
             details.append(f"payload {payload['name']} failed: {payload['display']}")
     details += report["problems"]
     passed = report["is_valid"] and not details
-    return CheckResult("engine loader", passed, details, report)
+    return CheckResult("engine loader", passed, details + report["notes"], report)
 
 
 def integration_test(*, config_path: Optional[Path] = None, timeout: float = 600) -> CheckResult:
     report, output = _run_worker("integration", config_path=config_path, timeout=timeout)
     if report is None:
         return CheckResult("integration test", False, ["the integration test failed:"] + _tail(output))
-    return CheckResult("integration test", True, [f"ran on {', '.join(report['tested'])}"], report)
+    details = [f"ran on {', '.join(report['tested'])}"]
+    if not report["latent_spaces"]:
+        details.append("the model has no decoder-features output: the custom latent spaces are off "
+                       "(re-export it with `coco-seg export` to have them)")
+    return CheckResult("integration test", True, details, report)
 
 
 def run_checks(*, config_path: Optional[Path] = None) -> list[CheckResult]:

@@ -30,7 +30,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from coco_seg.check import print_report, run_checks
 
     config = load_config()  # fail fast, with the config error, before starting subprocesses
-    print(f"checking leap_binder.py with config {config.source} ({config.label_mode}: "
+    print(f"checking leap_integration.py with config {config.source} ({config.label_mode}: "
           f"{', '.join(config.class_names)}; model {config.model_path})")
     return 0 if print_report(run_checks()) else 1
 
@@ -92,7 +92,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     load_config()  # fail fast on a bad config, before the binder is imported
     summary = analyze(model_path=Path(args.model), out_dir=Path(args.out), split=args.split, limit=args.limit,
-                      batch_size=args.batch_size, embedding_layer=args.embedding_layer)
+                      batch_size=args.batch_size, latent_space=args.latent_space,
+                      embedding_layer=args.embedding_layer)
     for key, value in summary.items():
         print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
     return 0
@@ -132,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[3/5] exporting model.onnx, model.h5 and model_card.json")
     export_model(load_keras_checkpoint(checkpoint), out / "model",
                  card=model_card_for(config, trained=True, **training_card_fields(checkpoint)))
-    print("[4/5] running the Tensorleap engine checks on leap_binder.py")
+    print("[4/5] running the Tensorleap engine checks on leap_integration.py")
     passed = print_report(run_checks(config_path=config_path))
     print("[5/5] analysing the training split (where the label defects were planted)")
     analysis = analyze(model_path=out / "model" / "model.onnx", out_dir=out / "analysis", split="training")
@@ -202,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--split", default="validation", choices=["training", "validation"])
     analyze.add_argument("--limit", type=int, help="first N samples of the split")
     analyze.add_argument("--batch-size", type=int, default=16)
-    analyze.add_argument("--embedding-layer", help="layer whose pooled output is the embedding "
-                                                   "(default: the encoder's last block)")
+    analyze.add_argument("--latent-space", choices=["tensorleap", "encoder"], default="tensorleap",
+                         help="the map's embedding: tensorleap (default) = the integration's custom latent space, "
+                              "decoder features pooled per class; encoder = a layer, global-average-pooled")
+    analyze.add_argument("--embedding-layer", help="with --latent-space encoder: layer whose pooled output is the "
+                                                   "embedding (default: the encoder's last block)")
     analyze.set_defaults(run=cmd_analyze)
 
     demo = commands.add_parser("demo", help="the main job on the embedded generated dataset")

@@ -534,8 +534,11 @@ def resolve_data_root(config: Config) -> Path:
         if not config.data_root.is_dir():
             raise DataError(f"data.root: folder {config.data_root} does not exist (set in {config.source})")
         return config.data_root
-    from coco_seg.sample_data import ensure_generated_sample
-
+    try:
+        from coco_seg.sample_data import ensure_generated_sample
+    except ImportError:  # the Tensorleap bundle (leap.yaml) leaves the generator out: real data only there
+        raise DataError(f"data.root is not set in {config.source}: set it to the folder holding the COCO data "
+                        f"(on the Tensorleap platform, a folder on its data volume)") from None
     return ensure_generated_sample()
 
 

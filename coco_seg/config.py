@@ -24,6 +24,16 @@ SPLIT_NAMES = ("training", "validation", "unlabeled")
 LABEL_MODES = ("category", "supercategory")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 BACKGROUND = "background"
+ONNX_SUFFIX = ".onnx"
+KERAS_SUFFIXES = (".h5", ".keras")
+MODEL_SUFFIXES = (ONNX_SUFFIX,) + KERAS_SUFFIXES  # what config key model.path may name
+IMAGE_SIZE_MULTIPLE = 32  # the U-Net downsamples five times; any other size breaks the skip connections
+
+
+def is_valid_image_size(value: object) -> bool:
+    """The one image-size rule (config, model builder): an int, a positive multiple of IMAGE_SIZE_MULTIPLE."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= IMAGE_SIZE_MULTIPLE
+            and value % IMAGE_SIZE_MULTIPLE == 0)
 
 
 class ConfigError(ValueError):
@@ -197,9 +207,9 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
     if mode not in LABEL_MODES:
         raise ConfigError(f"config key 'labels.mode' must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
     image_size = _expect(tree["image_size"], "image_size", (int,))
-    if image_size < 32 or image_size % 32:
-        # The U-Net downsamples five times; any other size breaks the skip connections.
-        raise ConfigError(f"config key 'image_size' must be a positive multiple of 32, got {image_size}")
+    if not is_valid_image_size(image_size):
+        raise ConfigError(f"config key 'image_size' must be a positive multiple of {IMAGE_SIZE_MULTIPLE}, "
+                          f"got {image_size}")
     limit = _expect(tree["sample_limit_per_split"], "sample_limit_per_split", (int,), nullable=True)
     if limit is not None and limit < 1:
         raise ConfigError(f"config key 'sample_limit_per_split' must be null (all samples) or >= 1, got {limit}")
@@ -226,7 +236,7 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
     root = _expect(data["root"], "data.root", (str,), nullable=True)
     model_tree = _expect(tree["model"], "model", (dict,))
     model_path = _expect(model_tree["path"], "model.path", (str,), nullable=True)
-    if model_path is not None and Path(model_path).suffix.lower() not in (".onnx", ".h5", ".keras"):
+    if model_path is not None and Path(model_path).suffix.lower() not in MODEL_SUFFIXES:
         raise ConfigError(f"config key 'model.path' must name a .onnx, .h5 or .keras file, got {model_path!r}")
     return Config(
         data_root=_resolve_path(root, base),

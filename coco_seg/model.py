@@ -25,6 +25,9 @@ from pathlib import Path
 
 import keras
 
+from coco_seg.config import IMAGE_SIZE_MULTIPLE, is_valid_image_size
+from coco_seg.export import CLASSIFIER_LAYER, INPUT_NAME, KERAS_SUFFIXES
+
 SKIP_LAYER_NAMES = (
     "block_1_expand_relu",   # S/2
     "block_3_expand_relu",   # S/4
@@ -36,8 +39,7 @@ UP_FILTERS = (512, 256, 128, 64)
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 ENCODER_NAME = "encoder"
 MODEL_NAME = "coco_seg_unet"
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = CLASSIFIER_LAYER  # the per-pixel classifier; its input is the decoder feature map
 
 
 class EncoderWeightsError(RuntimeError):
@@ -45,9 +47,9 @@ class EncoderWeightsError(RuntimeError):
 
 
 def _check_options(image_size: int, num_classes: int, alpha: float) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
-        # Five stride-2 stages: any other size breaks the skip connections.
-        raise ValueError(f"image_size must be a multiple of 32 and >= 32, got {image_size!r}")
+    if not is_valid_image_size(image_size):
+        raise ValueError(f"image_size must be a multiple of {IMAGE_SIZE_MULTIPLE} and >= {IMAGE_SIZE_MULTIPLE}, "
+                         f"got {image_size!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (background + at least one class), got {num_classes!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
@@ -127,7 +129,7 @@ def build_unet(*, image_size: int, num_classes: int, encoder_weights: "str | os.
 def load_keras_checkpoint(path: Path) -> keras.Model:
     """A trained Keras model (``.keras`` or ``.h5``), loaded without its training configuration."""
     path = Path(path).expanduser()
-    if path.suffix.lower() not in (".keras", ".h5"):
+    if path.suffix.lower() not in KERAS_SUFFIXES:
         raise ValueError(f"checkpoint {path} must be a .keras or .h5 Keras model file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -16,8 +16,8 @@ a **placeholder**, so that the run goes on and the sample shows up as missing ra
 * ground truth: all-zero one-hot (label mask ``IGNORED_LABEL``), i.e. every pixel *ignored* under the metrics
   policy (coco_seg.metrics): loss 0, IoU / dice / accuracy undefined (NaN), never a perfect or a zero score;
   training's one-hot of ``IGNORED_LABEL`` is all-zero too, so it adds no cross-entropy;
-* metadata: NaN for every value (the engine shows it as missing), except ``image_width`` / ``image_height``, which
-  come from the annotation (NaN for unlabeled samples, which have none).
+* metadata: None for every value (the engine marks it missing), except ``image_width`` / ``image_height``, which
+  come from the annotation (None for unlabeled samples, which have none).
 
 Unlabeled samples get the same, without ground truth. The failure is logged once per sample (split, sample id,
 file, reason) and added to ``failed_at_decode`` in the split's bad-sample report (coco_seg.coco_data); later calls
@@ -36,7 +36,7 @@ import numpy as np
 from coco_seg.coco_data import BadSample, SampleRecord, SplitData, record_decode_failure
 from coco_seg.images import ImageDecodeError, decode_rgb
 from coco_seg.masks import AnnotationError, class_pixel_counts, class_unions, paint
-from coco_seg.metadata import annotation_metadata, image_metadata, mask_metadata, metadata_names
+from coco_seg.metadata import annotation_metadata, image_metadata, mask_metadata, missing_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,7 @@ def _decode(record: SampleRecord, split: SplitData) -> DecodedSample:
 def _placeholder(record: SampleRecord, split: SplitData, *, reason: str) -> DecodedSample:
     """What an undecodable sample is served as (policy in the module comment)."""
     size = split.config.image_size
-    metadata: dict[str, Any] = {name: float("nan") for name in metadata_names(split.config)}
-    if record.width is not None and record.height is not None:
-        metadata |= {"image_width": float(record.width), "image_height": float(record.height)}
+    metadata = missing_metadata(split.config, image_width=record.width, image_height=record.height)
     mask = np.full((size, size), IGNORED_LABEL, np.uint8) if split.labeled else None
     return DecodedSample(sample_id=record.sample_id, image=np.zeros((size, size, 3), np.uint8), mask=mask,
                          metadata=metadata, failure=reason)

@@ -140,3 +140,38 @@ def test_analyze_on_the_real_coco_sample(tmp_path):
     assert samples["file_name"].str.endswith(".jpg").all()
     rendered = render_report(tmp_path / "analysis" / "report.html")
     assert rendered["errors"] == [] and rendered["points"] == 40
+
+
+def test_analyze_maps_the_same_latent_space_the_integration_registers(tmp_path, small_model):
+    """By default the map's embedding is the integration's `decoder_gt_pooled`: the exported model's decoder
+    features pooled per class over the ground truth — recomputed here from the ONNX file and the encoders."""
+    import os
+
+    from coco_seg import latent_space
+    from coco_seg.coco_data import load_labeled_split
+    from coco_seg.config import load_config
+    from coco_seg.encoders import encode_image, encode_mask
+    from coco_seg.export import load_model, predict_outputs
+
+    out = tmp_path / "analysis"
+    result = cli("analyze", "--model", str(small_model["model"]), "--out", str(out), "--limit", "6",
+                 home=tmp_path, config=small_model["config"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    embeddings = np.load(out / "embeddings.npy")
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert json.loads((out / "summary.json").read_text())["embedding"] == "tensorleap"
+    os.environ.setdefault("COCO_SEG_CACHE_DIR", str(tmp_path / "cache"))
+    config = load_config(small_model["config"])
+    split = load_labeled_split(config, "validation", data_root=config.data_root)
+    ids = samples["sample_id"].tolist()
+    images = np.stack([encode_image(split, i) for i in ids])
+    masks = np.stack([encode_mask(split, i) for i in ids])
+    _, features = predict_outputs(load_model(small_model["model"]), images)
+    expected = latent_space.pool_by_ground_truth(features, masks)
+    assert embeddings.shape == expected.shape == (6, config.num_classes * features.shape[-1])
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)
+
+    encoder = cli("analyze", "--model", str(small_model["model"]), "--out", str(tmp_path / "encoder"), "--limit",
+                  "6", "--latent-space", "encoder", home=tmp_path, config=small_model["config"])
+    assert encoder.returncode == 0, encoder.stderr[-3000:]
+    assert np.load(tmp_path / "encoder" / "embeddings.npy").shape[1] != embeddings.shape[1]

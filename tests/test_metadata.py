@@ -92,7 +92,7 @@ def test_unlabeled_samples_report_label_values_as_unknown():
     values = mask_metadata(None, class_names=("background", "person"))
     values |= annotation_metadata(None, category_names={}, target_classes=(TargetClass("person", ("person",)),),
                                   image_area=1)
-    assert values and all(math.isnan(v) for v in values.values())
+    assert values and all(v is None for v in values.values())  # unknown: None (the engine marks it missing)
 
 
 @pytest.mark.parametrize("mode", ["category", "supercategory"])
@@ -106,6 +106,9 @@ def test_metadata_equals_pycocotools_on_every_sample(tmp_path, dataset, mode):
         values = sample_metadata(split, sample_id)
         assert list(values) == names or sorted(values) == sorted(names)
         assert all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values.values())
+        # Each value has exactly the type the binder declares to the engine: counts and sizes in pixels int,
+        # shares float, is_colored bool (bool is an int subclass: compare types, not isinstance).
+        assert {name: type(values[name]) for name in names} == metadata_names(config)
         image_id = int(sample_id)
         info = coco.imgs[image_id]
         annotations = coco.imgToAnns[image_id]

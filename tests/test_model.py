@@ -20,9 +20,13 @@ from coco_seg.export import (
     export_model,
     load_checked_model,
     load_model,
+    ModelOutputs,
+    configured_model_outputs,
     model_card_for,
     predict_logits,
+    predict_outputs,
     read_model_card,
+    with_features_output,
 )
 from coco_seg.model import SKIP_LAYER_NAMES, EncoderWeightsError, build_unet, load_keras_checkpoint
 from _support import write_config
@@ -172,6 +176,8 @@ def test_export_writes_onnx_h5_and_the_model_card(exported):
         "format_version": 1, "label_mode": "category", "classes": ["background", "person", "car"],
         "image_size": SIZE, "normalisation": {"input": "rgb", "range": [-1, 1], "formula": "pixel / 127.5 - 1"},
         "trained": False, "encoder_weights": "none",
+        # alpha 0.35: 64 channels from the last up-block + 48 from the block_1_expand_relu skip
+        "outputs": ["segmentation", "decoder_features"], "features_channels": 64 + 48,
     }
     assert read_model_card(exported["onnx"]) == card
     assert read_model_card(folder.parent / "elsewhere" / "model.onnx") is None
@@ -183,14 +189,61 @@ def test_onnx_model_takes_image_and_matches_keras(unet, exported, batch):
     proto = onnx.load(str(exported["onnx"]))
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) == 17
     session = load_model(exported["onnx"])
-    (image,), (logits,) = session.get_inputs(), session.get_outputs()
+    (image,), (logits, features) = session.get_inputs(), session.get_outputs()
     assert image.name == "image" and image.type == "tensor(float)"
     assert image.shape[1:] == [SIZE, SIZE, 3] and not isinstance(image.shape[0], int)  # dynamic batch
-    assert logits.shape[1:] == [SIZE, SIZE, NUM_CLASSES]
-    onnx_logits = predict_logits(session, batch)
+    assert logits.shape[1:] == [SIZE, SIZE, NUM_CLASSES]  # the segmentation output stays first
+    assert features.shape[1:] == [SIZE // 2, SIZE // 2, 64 + 48]  # the decoder features, appended last
+    onnx_logits, onnx_features = predict_outputs(session, batch)
     keras_logits = predict_logits(unet, batch)
     assert onnx_logits.shape == keras_logits.shape == (2, SIZE, SIZE, NUM_CLASSES)
     assert np.abs(onnx_logits - keras_logits).max() <= 1e-4
+    # The features are exactly what the classifier layer consumes in the trained single-output model.
+    import keras
+
+    classifier_input = keras.Model(unet.input, unet.get_layer("logits").input)
+    expected = keras.ops.convert_to_numpy(classifier_input(batch, training=False))
+    assert np.abs(onnx_features - expected).max() <= 1e-4 and (onnx_features >= 0).all()
+
+
+def test_the_features_output_is_added_once_and_the_logits_are_unchanged(unet, batch):
+    two = with_features_output(unet)
+    assert [o.shape[1:] for o in two.outputs] == [(SIZE, SIZE, NUM_CLASSES), (SIZE // 2, SIZE // 2, 64 + 48)]
+    assert with_features_output(two) is two
+    np.testing.assert_allclose(predict_outputs(two, batch)[0], predict_logits(unet, batch), atol=1e-6)
+
+
+def test_configured_model_outputs_read_the_card_or_the_file(tmp_path, exported, unet):
+    from coco_seg.export import keras_to_onnx
+
+    assert configured_model_outputs(make_config(tmp_path / "a", model_path=exported["onnx"])) == \
+        ModelOutputs(("segmentation", "decoder_features"), 112)
+    # No card: read from the file itself — two outputs, or the logits alone (a user's own model).
+    bare = tmp_path / "bare" / "model.onnx"
+    bare.parent.mkdir()
+    shutil.copy(exported["onnx"], bare)
+    assert configured_model_outputs(make_config(tmp_path / "b", model_path=bare)).features_channels == 112
+    own = tmp_path / "own" / "model.onnx"
+    own.parent.mkdir()
+    own.write_bytes(keras_to_onnx(unet))
+    outputs = configured_model_outputs(make_config(tmp_path / "c", model_path=own))
+    assert outputs == ModelOutputs(("segmentation",), None) and not outputs.has_features
+    # No model configured (the platform: the model is pushed apart): coco-seg export's outputs are assumed.
+    assert configured_model_outputs(make_config(tmp_path / "d")).has_features
+
+
+def test_a_single_output_model_is_accepted_and_a_card_of_another_model_is_not(tmp_path, exported, unet):
+    from coco_seg.export import keras_to_onnx
+
+    own = tmp_path / "own" / "model.onnx"
+    own.parent.mkdir()
+    own.write_bytes(keras_to_onnx(unet))
+    config = make_config(tmp_path, model_path=own)
+    check_model_matches_config(load_model(own), config, model_path=own)  # a user's own model: no card, fine
+    shutil.copy(exported["card"], own.parent / MODEL_CARD_NAME)  # the exported model's card beside it
+    with pytest.raises(ModelMismatchError, match=r"lists the outputs \['segmentation', 'decoder_features'\] but the "
+                                                  r"model file has 1"):
+        check_model_matches_config(load_model(own), config, model_path=own)
 
 
 def test_h5_reloads_with_the_same_logits(unet, exported, batch):

@@ -133,7 +133,7 @@ def test_corrupt_middle_jpeg_passes_preprocess_and_is_served_as_a_placeholder(tm
     assert (labels == IGNORED_LABEL).all()
     assert list(metadata) == list(metadata_names(config))
     assert metadata["image_width"] == image["width"] and metadata["image_height"] == image["height"]
-    assert all(math.isnan(v) for k, v in metadata.items() if k not in ("image_width", "image_height"))
+    assert all(v is None for k, v in metadata.items() if k not in ("image_width", "image_height"))
 
     # Under the metric policy the placeholder scores nothing: loss 0, IoU undefined — not 0, not 1.
     prediction = np.random.default_rng(0).normal(size=(1,) + ground_truth.shape).astype(np.float32)
@@ -173,7 +173,7 @@ def test_corrupt_unlabeled_image_is_a_placeholder_without_ground_truth(tmp_path,
         np.testing.assert_array_equal(encode_image(split, sample_id), -1.0)
         metadata = sample_metadata(split, sample_id)
     assert list(metadata) == list(metadata_names(config))
-    assert all(math.isnan(value) for value in metadata.values())  # no annotation: width and height unknown too
+    assert all(value is None for value in metadata.values())  # no annotation: width and height unknown too
     with pytest.raises(SampleError, match="unlabeled"):
         encode_mask(split, sample_id)  # as for every unlabeled sample: the engine never asks
     assert len(warnings_about(caplog, sample_id)) == 1

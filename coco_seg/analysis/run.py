@@ -2,8 +2,11 @@
 
 Algorithm:
 1. Stream the split in batches through ``leap_binder``'s decorated encoders, metadata, metrics and loss (the very
-   functions the engine calls) and the model (logits + an embedding: a named layer, global-average-pooled; by
-   default the encoder's last block). Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-
+   functions the engine calls) and the model (logits + an embedding). The default embedding is the one the
+   Tensorleap integration registers for the platform's analysis (coco_seg.latent_space): the decoder feature map
+   before the classifier, pooled per class over the ground truth (over the prediction for unlabeled samples), so
+   the platform and this report cluster the same representation; ``latent_space="encoder"`` takes a named layer,
+   global-average-pooled, by default the encoder's last block. Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-
    segmentation counts, thumbnail) go to a parquet part file and the embeddings to a .npy part, written atomically;
    probabilities (float16, N×K×S×S) and label maps go to on-disk memmaps. A rerun skips finished batches, so an
    interrupted run loses nothing; a different model, config or sample list starts afresh.
@@ -30,7 +33,7 @@ import pandas as pd
 
 from coco_seg import metrics
 from coco_seg.atomic import write_atomically as _atomic_write
-from coco_seg.config import Config
+from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.visualizers import denormalize_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -53,39 +56,57 @@ def load_binder() -> ModuleType:
     return module
 
 
-def analysis_model(model_path: Path, config: Config, *,
+LATENT_SPACES = ("tensorleap", "encoder")
+
+
+def analysis_model(model_path: Path, config: Config, *, latent_space: str = "tensorleap",
                    embedding_layer: Optional[str] = None) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """images (B, S, S, 3) → (logits, pooled embedding), run with onnxruntime (faster than Keras on CPU at every
+    """images (B, S, S, 3) → (logits, embedding source), run with onnxruntime (faster than Keras on CPU at every
     batch size and input size measured, see benchmarks/inference.py).
 
-    The embedding is an inner layer's output, so the two-output graph is built from the Keras model — the .h5 that
-    export wrote beside an .onnx — and converted to ONNX once per analysis.
+    ``latent_space="tensorleap"``: the source is the decoder feature map (B, h, w, C), which ``stream_split`` pools
+    per class like the integration's custom latent space; ``"encoder"``: the pooled (B, D) output of
+    ``embedding_layer`` (default: the encoder's last block). The graph is built from the Keras model — the .h5
+    that export wrote beside an .onnx — and converted to ONNX once per analysis.
     """
+    if latent_space not in LATENT_SPACES:
+        raise ValueError(f"latent_space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
+    if embedding_layer is not None and latent_space != "encoder":
+        raise ValueError("embedding_layer (--embedding-layer) goes with latent_space='encoder' (--latent-space "
+                         "encoder)")
     import keras
     import onnxruntime
 
-    from coco_seg.export import check_model_matches_config, keras_to_onnx, load_model
+    from coco_seg.export import CLASSIFIER_LAYER, check_model_matches_config, keras_to_onnx, load_model
 
     keras_path = model_path
-    if model_path.suffix.lower() == ".onnx":
-        candidates = [model_path.with_suffix(".h5"), model_path.with_suffix(".keras")]
+    if model_path.suffix.lower() == ONNX_SUFFIX:
+        candidates = [model_path.with_suffix(suffix) for suffix in KERAS_SUFFIXES]
         keras_path = next((p for p in candidates if p.is_file()), None)
         if keras_path is None:
             raise FileNotFoundError(f"analyze needs the Keras model for embeddings: no {candidates[0].name} or "
                                     f"{candidates[1].name} beside {model_path} (coco-seg export writes model.h5)")
     model = load_model(keras_path)
     check_model_matches_config(model, config, model_path=model_path)
-    # Default: the encoder's last block (block_16_project), which is what the first up-block consumes.
-    source = model.get_layer("up1_conv").input if embedding_layer is None else model.get_layer(embedding_layer).output
-    embedding = keras.layers.GlobalAveragePooling2D(name="embedding")(source)
-    session = onnxruntime.InferenceSession(keras_to_onnx(keras.Model(model.input, [model.output, embedding])),
+    logits = model.outputs[0]  # an exported model also outputs the decoder features; the logits come first
+    if latent_space == "tensorleap":
+        source = model.get_layer(CLASSIFIER_LAYER).input
+    else:
+        # Default: the encoder's last block (block_16_project), which is what the first up-block consumes.
+        layer = model.get_layer("up1_conv").input if embedding_layer is None else model.get_layer(embedding_layer).output
+        source = keras.layers.GlobalAveragePooling2D(name="embedding")(layer)
+    session = onnxruntime.InferenceSession(keras_to_onnx(keras.Model(model.input, [logits, source])),
                                            providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
+    channels = config.num_classes
 
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outputs = session.run(None, {input_name: images.astype(np.float32, copy=False)})
-        # Told apart by rank, not by the output order or names tf2onnx chose: logits are 4-D, the embedding 2-D.
-        return next(o for o in outputs if o.ndim == 4), next(o for o in outputs if o.ndim == 2)
+        # Told apart by shape, not by the output order or names tf2onnx chose: the logits are the 4-D output at
+        # the model's size with one channel per class.
+        first_is_logits = outputs[0].ndim == 4 and outputs[0].shape[1:] == (images.shape[1], images.shape[2],
+                                                                              channels)
+        return (outputs[0], outputs[1]) if first_is_logits else (outputs[1], outputs[0])
 
     return predict
 
@@ -135,13 +156,13 @@ class StreamedSplit:
     predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
 
 
-def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: Config, layer: Optional[str]) -> dict:
+def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: Config, layer: str) -> dict:
     digest = hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()
     stat = model_path.stat()
     return {"format": WORK_FORMAT, "split": split, "samples": len(sample_ids), "sample_ids_sha256": digest,
             "model": str(model_path.resolve()), "model_size": stat.st_size, "model_mtime": stat.st_mtime,
             "label_mode": config.label_mode, "classes": list(config.class_names), "image_size": config.image_size,
-            "embedding_layer": layer}
+            "embedding": layer}
 
 
 def _open_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -154,14 +175,19 @@ def _open_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: Sequence[str],
                  model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 model_path: Path, config: Config, work: Path, batch_size: int, embedding_layer: Optional[str],
+                 model_path: Path, config: Config, work: Path, batch_size: int, embedding: str,
                  progress: bool = True) -> StreamedSplit:
-    """Run the binder's functions and the model over ``sample_ids``, resumably (see the module comment)."""
+    """Run the binder's functions and the model over ``sample_ids``, resumably (see the module comment).
+
+    ``embedding`` names the embedding source (it keys the resumable parts); a 4-D source from ``model`` is the
+    decoder feature map, pooled per class over the ground truth (over the prediction for unlabeled samples).
+    """
+    from coco_seg import latent_space
     from coco_seg.analysis.segmentation_errors import segmentation_error_columns
     from coco_seg.metadata import metadata_names
 
     labeled = split != "unlabeled"
-    manifest = _manifest(split, sample_ids, model_path, config, embedding_layer)
+    manifest = _manifest(split, sample_ids, model_path, config, embedding)
     manifest_path = work / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
         for stale in work.iterdir():  # another model, config or sample list: nothing here can be reused
@@ -175,7 +201,7 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
     labels = _open_memmap(work / "labels.npy", np.uint8, (count, size, size)) if labeled else None
     predicted = _open_memmap(work / "predicted.npy", np.uint8, (count, size, size))
     names = list(metadata_names(config))
-    metadata_functions = dict(zip(names, binder.METADATA))
+    metadata_functions = {name: binder.METADATA[name] for name in names}  # paired by name
     starts = range(0, count, batch_size)
     iterator = starts
     if progress:
@@ -189,6 +215,10 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
         chunk = list(sample_ids[start:start + batch_size])
         images = np.stack([binder.image_encoder(i, response) for i in chunk])
         logits, embeddings = (np.asarray(t, np.float32) for t in model(images))
+        ground_truth = np.stack([binder.mask_encoder(i, response) for i in chunk]) if labeled else None
+        if embeddings.ndim == 4:  # the integration's custom latent space, pooled the same way
+            embeddings = (latent_space.pool_by_ground_truth(embeddings, ground_truth) if labeled
+                          else latent_space.pool_by_prediction(embeddings, logits))
         probs = metrics.to_probabilities(logits)
         rows: dict[str, Any] = {"row": np.arange(start, start + len(chunk)), "sample_id": chunk,
                                 "file_name": [response.data.records[i].path.name for i in chunk]}
@@ -198,7 +228,6 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
         predicted_labels = probs.argmax(-1).astype(np.uint8)
         predicted[start:start + len(chunk)] = predicted_labels
         if labeled:
-            ground_truth = np.stack([binder.mask_encoder(i, response) for i in chunk])
             for class_name, values in binder.iou(ground_truth, logits).items():
                 rows[f"iou_{class_name}"] = values
             rows["mean_iou"] = binder.mean_iou(ground_truth, logits)
@@ -300,7 +329,8 @@ def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame
 
 
 def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit: Optional[int] = None,
-            batch_size: int = 16, embedding_layer: Optional[str] = None, neighbors: int = 5, seed: int = 0,
+            batch_size: int = 16, latent_space: str = "tensorleap", embedding_layer: Optional[str] = None,
+            neighbors: int = 5, seed: int = 0,
             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole analysis; returns the summary (also in summary.json and at the top of report.html)."""
     from coco_seg.analysis.dashboards import dashboards_to_records, metadata_dashboards
@@ -316,11 +346,12 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
         raise ValueError(f"--split must be one of {', '.join(responses)}, got {split!r}")
     response = responses[split]
     sample_ids = response.sample_ids[:limit]
-    model = analysis_model(Path(model_path), config, embedding_layer=embedding_layer)
+    model = analysis_model(Path(model_path), config, latent_space=latent_space, embedding_layer=embedding_layer)
+    embedding = latent_space if embedding_layer is None else f"{latent_space}:{embedding_layer}"
     out_dir.mkdir(parents=True, exist_ok=True)
     streamed = stream_split(binder, response, split=split, sample_ids=sample_ids, model=model,
                             model_path=Path(model_path), config=config, work=out_dir / "work" / split,
-                            batch_size=batch_size, embedding_layer=embedding_layer, progress=progress)
+                            batch_size=batch_size, embedding=embedding, progress=progress)
     samples = streamed.samples
     log(f"streamed {len(samples)} {split} samples; building the map, dashboards and label issues")
 
@@ -346,7 +377,7 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
         unlabeled = stream_split(binder, unlabeled_response, split="unlabeled",
                                  sample_ids=unlabeled_response.sample_ids[:limit], model=model,
                                  model_path=Path(model_path), config=config, work=out_dir / "work" / "unlabeled",
-                                 batch_size=batch_size, embedding_layer=embedding_layer, progress=progress)
+                                 batch_size=batch_size, embedding=embedding, progress=progress)
         ranking = labelling_suggestions(unlabeled.embeddings, streamed.embeddings,
                                         unlabeled.samples["uncertainty"].to_numpy(), k=neighbors)
         labelling = [{"sample_id": unlabeled.samples["sample_id"][r.row], "rank": int(r.rank),
@@ -366,7 +397,7 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
     cluster_table = pruning_summary(pruning).to_dict("records")
     drop_ids = samples.loc[samples["prune"], "sample_id"].tolist()
     summary = {"model": str(Path(model_path).resolve()), "split": split, "samples": len(samples),
-               "label_mode": config.label_mode, "map_method": latent.method,
+               "label_mode": config.label_mode, "embedding": embedding, "map_method": latent.method,
                "mean_loss": float(samples["loss"].mean()),
                **{f"mean {c}": float(np.nanmean(samples[c])) for c in iou_columns + ["mean_iou"]},
                "flagged_metadata_bins": sum(len(d["flagged_bins"]) for d in dashboard_records),
