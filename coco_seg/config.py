@@ -1,13 +1,17 @@
 """One typed configuration object, loaded once.
 
 Defaults ship in ``default_config.yaml``; a user YAML named by ``COCO_SEG_CONFIG`` (or ``coco-seg --config``)
-overrides any subset of keys. The merged tree is validated against the defaults' shape: unknown keys, wrong types
-and class names that are not COCO categories are rejected with an error naming the dotted key.
+overrides any subset of keys. The file must be UTF-8 YAML whose top level is a mapping, with no key given twice; it
+is read safely (plain data, no Python objects). The merged tree is validated against the defaults' shape: unknown
+keys, wrong types, non-finite or out-of-range numbers and class names that are not COCO categories are rejected with
+a ``ConfigError`` naming the file, the line and the dotted key.
 """
 
 import copy
 import functools
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +32,16 @@ ONNX_SUFFIX = ".onnx"
 KERAS_SUFFIXES = (".h5", ".keras")
 MODEL_SUFFIXES = (ONNX_SUFFIX,) + KERAS_SUFFIXES  # what config key model.path may name
 IMAGE_SIZE_MULTIPLE = 32  # the U-Net downsamples five times; any other size breaks the skip connections
+# The config's ceiling on image_size (the model builder itself takes any multiple). Per-sample memory grows with the
+# square of the size (image S*S*3, one-hot mask S*S*(K+1) float32, and every activation of the U-Net): 2048 is
+# already ~1.3 GB of mask alone for the 80 COCO classes, and a typo such as 12800 would exhaust memory before
+# producing any message.
+MAX_IMAGE_SIZE = 2048
+# The ceiling on data.background_share. The preprocess keeps round(share * images with a class) background-only
+# images, at most all of them, so every share >= (background-only images / images with a class) means "keep them
+# all"; no COCO split has a million images, so 1e6 restricts nothing real, and it keeps share * count far from float
+# overflow (1e300 or .inf would otherwise reach the preprocess as an OverflowError).
+MAX_BACKGROUND_SHARE = 1_000_000
 
 
 def is_valid_image_size(value: object) -> bool:
@@ -96,20 +110,119 @@ class Config:
         return Path(os.environ.get(REPORTS_DIR_ENV_VAR) or DEFAULT_REPORTS_DIR).expanduser()
 
 
-def _read_yaml(path: Path, *, what: str) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only, no Python objects) that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys, so a second ``data:`` section silently drops the first. Explicit keys
+    are checked; keys brought in by a YAML merge key (``<<: *anchor``) keep PyYAML's meaning: an explicit key
+    overrides a merged one. ``_paths`` maps each mapping node to its dotted key, for the message.
+    """
+
+    def __init__(self, stream: str, name: str) -> None:
+        super().__init__(stream)
+        self.name = name  # marks (syntax errors, duplicates) name the file, not "<unicode string>"
+        self._paths: dict[int, str] = {}
+        self.key_lines: dict[str, int] = {}
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._note_paths(node, "")
+        return super().construct_document(node)
+
+    def _note_paths(self, node: yaml.Node, path: str) -> None:
+        if id(node) in self._paths:  # an alias: the node was seen under its anchor (also stops recursive anchors)
+            return
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._note_paths(value_node, path)
+                    continue
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                dotted = f"{path}.{name}" if path else str(name)
+                self.key_lines.setdefault(dotted, key_node.start_mark.line + 1)
+                self._note_paths(value_node, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._note_paths(item, f"{path}[{index}]")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # SafeConstructor refuses an unhashable key with its own message
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    parent = self._paths.get(id(node), "")
+                    dotted = f"{parent}.{key}" if parent else str(key)
+                    raise _DuplicateKey(f"duplicate key {dotted!r} at line {line} (first at line {first_line[key]}): "
+                                        f"YAML would keep only the last one; remove or merge one of them")
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32 LE starts like UTF-16 LE
+
+
+def _decode(data: bytes, path: Path, what: str) -> str:
+    """The file's text: UTF-8, with or without a UTF-8 byte-order mark; anything else is refused."""
+    must = f"{what} {path} must be UTF-8 text (a UTF-8 byte-order mark is allowed)"
+    if data.startswith(_UTF16_32_BOMS):
+        raise ConfigError(f"{must}; it starts with a UTF-16/UTF-32 byte-order mark: save it as UTF-8")
     try:
-        text = path.read_text()
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{must}; byte 0x{data[error.start]:02x} at line {line} is not UTF-8 (Latin-1 or another "
+                          f"legacy encoding?): save it as UTF-8") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ConfigError(f"{must}; it holds NUL bytes (from line {line}), as UTF-16 or UTF-32 text without a "
+                          f"byte-order mark does: save it as UTF-8")
+    return text
+
+
+def _read_yaml(path: Path, *, what: str) -> dict[str, Any]:
+    return _load_yaml(path, what=what)[0]
+
+
+def _load_yaml(path: Path, *, what: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in the YAML file at ``path`` and the line of each dotted key.
+
+    Refused, naming the file: unreadable, not UTF-8, not valid YAML (with its line), a key given twice (with both
+    lines), a YAML tag for a Python object, no keys at all, or a top level that is not a mapping.
+    """
+    try:
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    loader = _UniqueKeyLoader(_decode(data, path, what), name=str(path))
     try:
-        tree = yaml.safe_load(text)
+        tree = loader.get_single_data()
     except yaml.YAMLError as error:
-        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        if isinstance(error, _DuplicateKey):
+            raise ConfigError(f"{what} {path}: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {error}") from None
+    finally:
+        loader.dispose()
     if tree is None:
-        return {}
+        raise ConfigError(f"{what} {path} holds no keys (it is empty, only comments, or null): set at least one "
+                          f"key, or name no config file to use the defaults")
     if not isinstance(tree, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(tree).__name__}")
-    return tree
+        raise ConfigError(f"{what} {path} must hold a mapping of keys at its top level (key: value lines), got a "
+                          f"{type(tree).__name__}: {str(tree)[:80]!r}")
+    return tree, loader.key_lines
 
 
 def _merge(defaults: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -149,6 +262,46 @@ def _expect(value: Any, key: str, types: tuple[type, ...], *, nullable: bool = F
     return value
 
 
+def _text_hint(value: Any) -> str:
+    """For a number YAML read as text: why, and how to write it."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return (" — YAML read it as text: write a number unquoted, with a dot and a signed exponent if any "
+                "(1.0e-3, not 1e-3)")
+    return ""
+
+
+def _number(value: Any, key: str, *, integer: bool, nullable: bool = False) -> Any:
+    """A finite int (``integer``) or int/float; refuses booleans, text, ``.inf``/``.nan`` and, for an int key, a
+    float such as 128.0, each with a message naming the key and the value."""
+    if value is None and nullable:
+        return None
+    kind = "an integer" if integer else "a number"
+    kind += " or null" if nullable else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite {'integer' if integer else 'number'}, got "
+                          f"{value!r} (YAML "
+                          f"{'.nan' if math.isnan(value) else '-.inf' if value < 0 else '.inf'})")
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ConfigError(f"config key {key!r} must be {kind}, got {value!r} ({type(value).__name__})"
+                          f"{_text_hint(value)}")
+    return value
+
+
+def _path_setting(value: Any, key: str) -> Optional[str]:
+    """A path key's text (or null): a non-blank string without NUL characters."""
+    value = _expect(value, key, (str,), nullable=True)
+    if value is not None and not value.strip():
+        raise ConfigError(f"config key {key!r} must be a path or null, got {value!r} (write '.' for the "
+                          f"config file's folder)")
+    if value is not None and "\0" in value:
+        raise ConfigError(f"config key {key!r} must not contain a NUL character, got {value!r}")
+    return value
+
+
 def _split_paths(tree: dict[str, Any], name: str) -> SplitPaths:
     key = f"data.splits.{name}"
     allowed = {"images"} if name == "unlabeled" else {"images", "annotations"}
@@ -185,44 +338,54 @@ def _resolve_path(value: Optional[str], base: Path) -> Optional[Path]:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+_KEY_IN_MESSAGE = re.compile(r"config key '([^']+)'")  # every check's message names its key this way
+
+
 def load_config(path: Optional[os.PathLike] = None) -> Config:
     """Load defaults, overlay the YAML at ``path`` (or ``$COCO_SEG_CONFIG``), validate and return the config.
 
     Relative ``data.root``, ``reports_dir`` and ``model.path`` are resolved against the directory of the YAML that
-    set them.
+    set them. A refused value's message starts with the file and, when the file sets that key, its line.
     """
     defaults = _read_yaml(DEFAULTS_PATH, what="default config")
     if path is None and os.environ.get(CONFIG_ENV_VAR):
         path = os.environ[CONFIG_ENV_VAR]
-    if path is not None:
-        user_path = Path(path).expanduser().resolve()
-        tree = _merge(defaults, _read_yaml(user_path, what="config file"))
-        base, source = user_path.parent, str(user_path)
-    else:
-        tree, base, source = defaults, Path.cwd(), "defaults"
+    if path is None:
+        return _build(defaults, Path.cwd(), "defaults")
+    user_path = Path(path).expanduser().resolve()
+    overrides, key_lines = _load_yaml(user_path, what="config file")
+    try:
+        return _build(_merge(defaults, overrides), user_path.parent, str(user_path))
+    except ConfigError as error:
+        found = _KEY_IN_MESSAGE.search(str(error))
+        line = key_lines.get(found.group(1)) if found else None
+        raise ConfigError(f"config file {user_path}{f', line {line}' if line else ''}: {error}") from None
 
+
+def _build(tree: dict[str, Any], base: Path, source: str) -> Config:
+    """Validate the merged tree; relative paths resolve against ``base``."""
     data = tree["data"]
     labels = tree["labels"]
     mode = _expect(labels["mode"], "labels.mode", (str,))
     if mode not in LABEL_MODES:
         raise ConfigError(f"config key 'labels.mode' must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
-    image_size = _expect(tree["image_size"], "image_size", (int,))
-    if not is_valid_image_size(image_size):
-        raise ConfigError(f"config key 'image_size' must be a positive multiple of {IMAGE_SIZE_MULTIPLE}, "
-                          f"got {image_size}")
-    limit = _expect(tree["sample_limit_per_split"], "sample_limit_per_split", (int,), nullable=True)
+    image_size = _number(tree["image_size"], "image_size", integer=True)
+    if not is_valid_image_size(image_size) or image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"config key 'image_size' must be a positive multiple of {IMAGE_SIZE_MULTIPLE}, at most "
+                          f"{MAX_IMAGE_SIZE}, got {image_size}")
+    limit = _number(tree["sample_limit_per_split"], "sample_limit_per_split", integer=True, nullable=True)
     if limit is not None and limit < 1:
         raise ConfigError(f"config key 'sample_limit_per_split' must be null (all samples) or >= 1, got {limit}")
-    share = _expect(data["background_share"], "data.background_share", (int, float))
-    if not 0 <= share:
-        raise ConfigError(f"config key 'data.background_share' must be >= 0, got {share}")
+    share = _number(data["background_share"], "data.background_share", integer=False)
+    if not 0 <= share <= MAX_BACKGROUND_SHARE:
+        raise ConfigError(f"config key 'data.background_share' must be between 0 and {MAX_BACKGROUND_SHARE:,} "
+                          f"(background-only images per image with a class; a share above their ratio already keeps "
+                          f"them all), got {share!r}")
     policy = _expect(tree["on_bad_sample"], "on_bad_sample", (str,))
     if policy not in BAD_SAMPLE_POLICIES:
         raise ConfigError(f"config key 'on_bad_sample' must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {policy!r}")
 
-    reports_dir = _expect(tree["reports_dir"], "reports_dir", (str,), nullable=True)
-    if reports_dir is not None and not reports_dir.strip():
-        raise ConfigError("config key 'reports_dir' must be a folder path or null (the default folder), got ''")
+    reports_dir = _path_setting(tree["reports_dir"], "reports_dir")
 
     splits_tree = _expect(data["splits"], "data.splits", (dict,))
     splits = {}
@@ -233,9 +396,9 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
             raise ConfigError(f"config key 'data.splits.{name}' is required")
         splits[name] = _split_paths(_expect(splits_tree[name], f"data.splits.{name}", (dict,)), name)
 
-    root = _expect(data["root"], "data.root", (str,), nullable=True)
+    root = _path_setting(data["root"], "data.root")
     model_tree = _expect(tree["model"], "model", (dict,))
-    model_path = _expect(model_tree["path"], "model.path", (str,), nullable=True)
+    model_path = _path_setting(model_tree["path"], "model.path")
     if model_path is not None and Path(model_path).suffix.lower() not in MODEL_SUFFIXES:
         raise ConfigError(f"config key 'model.path' must name a .onnx, .h5 or .keras file, got {model_path!r}")
     return Config(

@@ -1,6 +1,9 @@
+import dataclasses
+import re
+
 import pytest
 
-from coco_seg.config import CONFIG_ENV_VAR, ConfigError, load_config
+from coco_seg.config import CONFIG_ENV_VAR, MAX_BACKGROUND_SHARE, MAX_IMAGE_SIZE, ConfigError, load_config
 from _support import write_config
 
 
@@ -90,3 +93,169 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nowhere.yaml"):
         load_config(tmp_path / "nowhere.yaml")
+
+
+# --- Red-team findings: what a malformed file gets. Each message names the file, the dotted key and the line. ---
+
+def _raw(tmp_path, data: bytes, name: str = "config.yaml"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _refusal(path) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message, message  # every refusal names the file
+    return message
+
+
+def _same(a, b):
+    """Configs equal but for where they were read from."""
+    return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
+
+
+@pytest.mark.parametrize("text, key, second, first", [
+    ("data:\n  root: a\nimage_size: 64\ndata:\n  background_share: 0.1\n", "data", 4, 1),
+    ("image_size: 64\nimage_size: 96\n", "image_size", 2, 1),
+    ("data:\n  root: a\n  # a comment\n  root: b\n", "data.root", 4, 2),
+    ("data:\n  splits:\n    training:\n      images: a\n      images: b\n", "data.splits.training.images", 5, 4),
+    ("labels: {mode: category, mode: supercategory}\n", "labels.mode", 1, 1),
+    ("data:\n  root: a\n  'root': b\n", "data.root", 3, 2),  # quoting does not make another key
+])
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path, text, key, second, first):
+    message = _refusal(_raw(tmp_path, text.encode()))
+    assert f"duplicate key '{key}' at line {second} (first at line {first})" in message
+
+
+def test_a_duplicate_next_to_a_merge_key_is_refused(tmp_path):
+    text = ("data:\n  splits:\n    training: &t {annotations: a.json, images: imgs}\n"
+            "    validation:\n      <<: *t\n      images: v1\n      images: v2\n")
+    message = _refusal(_raw(tmp_path, text.encode()))
+    assert "duplicate key 'data.splits.validation.images' at line 7 (first at line 6)" in message
+
+
+def test_a_merge_key_keeps_its_meaning_an_explicit_key_overrides_a_merged_one(tmp_path):
+    text = ("data:\n  splits:\n    training: &t {annotations: a.json, images: imgs}\n"
+            "    validation:\n      <<: *t\n      images: val\n")
+    config = load_config(_raw(tmp_path, text.encode()))
+    assert config.splits["validation"].annotations == "a.json" and config.splits["validation"].images == "val"
+    assert config.splits["training"].images == "imgs"
+
+
+@pytest.mark.parametrize("data, says", [
+    ("image_size: 64\n".encode("utf-16"), "UTF-16/UTF-32 byte-order mark"),  # with BOM (LE)
+    ("image_size: 64\n".encode("utf-16-be"), "NUL bytes (from line 1)"),  # without BOM
+    ("image_size: 64\n".encode("utf-16-le"), "NUL bytes (from line 1)"),
+    ("image_size: 64\n".encode("utf-32"), "UTF-16/UTF-32 byte-order mark"),
+    ("image_size: 64\ndata:\n  root: caf\u00e9\n".encode("latin-1"), "byte 0xe9 at line 3 is not UTF-8"),
+])
+def test_a_file_that_is_not_utf8_is_refused(tmp_path, data, says):
+    message = _refusal(_raw(tmp_path, data))
+    assert "must be UTF-8 text" in message and says in message
+
+
+def test_a_utf8_bom_comments_and_key_order_do_not_change_the_config(tmp_path):
+    plain = load_config(_raw(tmp_path, b"image_size: 64\ndata:\n  root: coco\n  background_share: 0.5\n", "a.yaml"))
+    with_bom = load_config(_raw(tmp_path, b"\xef\xbb\xbfimage_size: 64\ndata:\n  root: coco\n"
+                                          b"  background_share: 0.5\n", "b.yaml"))
+    reordered = load_config(_raw(tmp_path, "# caf\u00e9 \u2014 UTF-8 text in a comment\ndata:  # COCO\n"
+                                           "  background_share: 0.5\n  root: coco   # relative\n"
+                                           "image_size: 64\n".encode(), "c.yaml"))
+    assert plain.image_size == 64 and plain.background_share == 0.5 and plain.data_root == tmp_path / "coco"
+    assert _same(plain, with_bom) and _same(plain, reordered)
+
+
+def test_a_non_ascii_utf8_path_is_kept(tmp_path):
+    config = load_config(_raw(tmp_path, "data:\n  root: caf\u00e9\n".encode()))
+    assert config.data_root == tmp_path / "caf\u00e9"
+
+
+@pytest.mark.parametrize("text, line, column", [
+    ("data:\n  root: [a\nimage_size: 64\n", 3, 11),
+    ("data:\n root: a\n  x: b\n", 3, 4),
+    ("data:\n\troot: a\n", 2, 1),
+])
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, text, line, column):
+    path = _raw(tmp_path, text.encode())
+    message = _refusal(path)
+    assert f"is not valid YAML at line {line}, column {column}" in message
+    assert f'in "{path}"' in message  # PyYAML's own marks name the file too, not "<unicode string>"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "~\n", "null\n"])
+def test_a_file_without_keys_is_refused(tmp_path, text):
+    assert "holds no keys" in _refusal(_raw(tmp_path, text.encode()))
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("hello\n", "str"), ("42\n", "int")])
+def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path, text, kind):
+    assert f"must hold a mapping of keys at its top level (key: value lines), got a {kind}" in _refusal(
+        _raw(tmp_path, text.encode()))
+
+
+@pytest.mark.parametrize("text, key, line, says", [
+    # Non-finite numbers, for every numeric key.
+    ("data:\n  background_share: .inf\n", "data.background_share", 2, "must be a finite number, got inf (YAML .inf)"),
+    ("data:\n  background_share: -.inf\n", "data.background_share", 2,
+     "must be a finite number, got -inf (YAML -.inf)"),
+    ("data:\n  background_share: .nan\n", "data.background_share", 2, "must be a finite number, got nan (YAML .nan)"),
+    ("image_size: .inf\n", "image_size", 1, "must be a finite integer, got inf (YAML .inf)"),
+    ("image_size: .nan\n", "image_size", 1, "must be a finite integer, got nan (YAML .nan)"),
+    ("sample_limit_per_split: .inf\n", "sample_limit_per_split", 1, "must be a finite integer, got inf (YAML .inf)"),
+    ("sample_limit_per_split: -.inf\n", "sample_limit_per_split", 1,
+     "must be a finite integer, got -inf (YAML -.inf)"),
+    # Booleans where numbers are expected.
+    ("image_size: true\n", "image_size", 1, "must be an integer, got True (bool)"),
+    ("sample_limit_per_split: yes\n", "sample_limit_per_split", 1, "must be an integer or null, got True (bool)"),
+    ("data:\n  background_share: false\n", "data.background_share", 2, "must be a number, got False (bool)"),
+    # Out of range.
+    ("data:\n  background_share: -0.1\n", "data.background_share", 2, "must be between 0 and 1,000,000"),
+    ("data:\n  background_share: 1.0e+300\n", "data.background_share", 2, "got 1e+300"),
+    ("data:\n  background_share: 1000001\n", "data.background_share", 2, "must be between 0 and 1,000,000"),
+    ("image_size: 2080\n", "image_size", 1, "must be a positive multiple of 32, at most 2048, got 2080"),
+    ("image_size: 1000000000000\n", "image_size", 1, "at most 2048, got 1000000000000"),
+    ("image_size: 0\n", "image_size", 1, "must be a positive multiple of 32"),
+    ("image_size: -64\n", "image_size", 1, "must be a positive multiple of 32"),
+    ("image_size: 100\n", "image_size", 1, "must be a positive multiple of 32"),
+    ("image_size: 128.0\n", "image_size", 1, "must be an integer, got 128.0 (float)"),
+    ("sample_limit_per_split: 2.5\n", "sample_limit_per_split", 1, "must be an integer or null, got 2.5 (float)"),
+    ("sample_limit_per_split: 0\n", "sample_limit_per_split", 1, "must be null (all samples) or >= 1, got 0"),
+    # A number YAML 1.1 reads as text gets a hint.
+    ("data:\n  background_share: 1e-3\n", "data.background_share", 2, "YAML read it as text"),
+    # Non-strings and blanks where paths are expected.
+    ("data:\n  root: [a, b]\n", "data.root", 2, "must be str or null, got ['a', 'b'] (list)"),
+    ("data:\n  root: 5\n", "data.root", 2, "must be str or null, got 5 (int)"),
+    ("data:\n  root: ''\n", "data.root", 2, "must be a path or null, got ''"),
+    ("data:\n  root: \"a\\0b\"\n", "data.root", 2, "must not contain a NUL character"),
+    ("model:\n  path: 3.5\n", "model.path", 2, "must be str or null, got 3.5 (float)"),
+    ("model:\n  path: {file: m.onnx}\n", "model.path", 2, "must be str or null, got {'file': 'm.onnx'} (dict)"),
+    ("reports_dir: [x]\n", "reports_dir", 1, "must be str or null, got ['x'] (list)"),
+    ("reports_dir: '  '\n", "reports_dir", 1, "must be a path or null, got '  '"),
+    ("data:\n  splits:\n    training:\n      images: [a]\n", "data.splits.training.images", 4, "must be str"),
+])
+def test_a_bad_value_names_the_file_line_key_and_value(tmp_path, text, key, line, says):
+    path = _raw(tmp_path, text.encode())
+    message = _refusal(path)
+    assert message.startswith(f"config file {path}, line {line}: "), message
+    assert f"config key '{key}'" in message and says in message
+
+
+def test_the_limits_themselves_are_accepted(tmp_path):
+    config = load_config(write_config(tmp_path, {"image_size": MAX_IMAGE_SIZE, "sample_limit_per_split": 10 ** 30,
+                                                 "data": {"background_share": MAX_BACKGROUND_SHARE}}))
+    assert config.image_size == 2048 and config.background_share == 1e6 and config.sample_limit_per_split == 10 ** 30
+    assert load_config(write_config(tmp_path, {"image_size": 32, "data": {"background_share": 0}})).image_size == 32
+
+
+def test_an_unknown_key_names_its_line(tmp_path):
+    path = _raw(tmp_path, b"image_size: 64\nlabels:\n  mode: category\n  colour: red\n")
+    assert re.search(rf"^config file {re.escape(str(path))}, line 4: unknown config key 'labels.colour'",
+                     _refusal(path))
+
+
+def test_python_objects_are_still_refused_with_the_line(tmp_path):
+    path = _raw(tmp_path, b"data:\n  root: !!python/object/apply:os.system ['echo pwned']\n")
+    message = _refusal(path)
+    assert "not valid YAML at line 2" in message and "python/object/apply" in message
