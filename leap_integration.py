@@ -26,8 +26,9 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (
 
 import leap_binder as registry
 from coco_seg import latent_space
-from coco_seg.export import (FEATURES_OUTPUT, INPUT_NAME, KERAS_SUFFIXES, SEGMENTATION_OUTPUT,
-                             configured_model_outputs, load_checked_model)
+from coco_seg.config import KERAS_SUFFIXES
+from coco_seg.export import (FEATURES_OUTPUT, INPUT_NAME, SEGMENTATION_OUTPUT, configured_model_outputs,
+                             load_checked_model)
 
 CONFIG = registry.CONFIG
 MODEL_OUTPUTS = configured_model_outputs(CONFIG)

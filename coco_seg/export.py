@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 import numpy as np
 
 from coco_seg.atomic import write_atomically as _write_atomically
-from coco_seg.config import KERAS_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIX, Config
+from coco_seg.config import MODEL_SUFFIXES, ONNX_SUFFIX, Config
 
 if TYPE_CHECKING:
     import keras

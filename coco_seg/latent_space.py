@@ -19,8 +19,6 @@ whose features are not all zero: images with and without a car separate in the m
 or Inf (a degenerate model) weigh nothing, so every vector is finite.
 """
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from coco_seg import metrics

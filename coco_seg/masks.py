@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from coco_seg.annotation_checks import polygon_fault
+
 
 class AnnotationError(ValueError):
     """An annotation's segmentation cannot be turned into a mask."""
@@ -45,7 +47,13 @@ def class_unions(annotations: Iterable[Mapping[str, Any]], *, height: int, width
             continue
         segmentation = annotation["segmentation"]
         if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if len(p) >= 6]
+            # Checked again right before pycocotools: its rasteriser allocates in proportion to the outline's
+            # length, so a NaN, Infinity or 1e8 coordinate must never reach it, whatever preprocess saw.
+            for polygon in segmentation:
+                fault, _ = polygon_fault(polygon, width=width, height=height)
+                if fault is not None:
+                    raise AnnotationError(f"annotation {annotation.get('id')!r}: {fault}")
+            polygons = segmentation
             if not polygons:
                 raise AnnotationError("polygon segmentation has no polygon with 3 or more points")
             # every polygon of the class goes to pycocotools in one call: a union does not need them by instance

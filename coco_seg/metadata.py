@@ -5,6 +5,7 @@ resolution, counted from the class unions' RLE areas (coco_seg.masks.class_pixel
 pycocotools masks); counts are non-crowd COCO instances (crowd regions are counted
 separately in ``crowd_count``); ``small_object_count`` uses COCO's definition (annotation area < 32² original
 pixels, non-crowd); ``<class>_avg_size`` is the mean instance area as a percent of the image area (0 when none).
+Instance areas are the geometric ones preprocess computes (coco_seg.annotation_checks), not the file's ``area``.
 
 Types are what the Tensorleap platform declares (``metadata_names``): counts and the original width/height are
 ``int``, shares, sizes and brightness ``float``, ``is_colored`` ``bool``. A value that is unknown — every
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from coco_seg.annotation_checks import AREA_KEY
 from coco_seg.categories import VEHICLE_TYPES
 from coco_seg.config import Config, TargetClass
 
@@ -92,7 +94,7 @@ def annotation_metadata(annotations: Optional[Iterable[Mapping[str, Any]]], *, c
             crowd += 1
             continue
         instances[name] += 1
-        area = float(annotation.get("area", 0.0))
+        area = annotation[AREA_KEY]  # computed from the geometry at preprocess; the file's `area` is not read
         areas.setdefault(name, []).append(area)
         small += area < SMALL_OBJECT_AREA
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import keras
 
-from coco_seg.config import IMAGE_SIZE_MULTIPLE, is_valid_image_size
-from coco_seg.export import CLASSIFIER_LAYER, INPUT_NAME, KERAS_SUFFIXES
+from coco_seg.config import IMAGE_SIZE_MULTIPLE, KERAS_SUFFIXES, is_valid_image_size
+from coco_seg.export import CLASSIFIER_LAYER, INPUT_NAME
 
 SKIP_LAYER_NAMES = (
     "block_1_expand_relu",   # S/2

@@ -462,6 +462,17 @@ class _ImagePlan:
     person_over_car: bool
 
 
+def _coco_area(segmentation: Any, rle: dict) -> float:
+    """``area`` as COCO writes it: the polygons' own area (shoelace formula), an RLE's pixel count."""
+    if isinstance(segmentation, list):
+        total = 0.0
+        for polygon in segmentation:
+            xs, ys = np.asarray(polygon[0::2], np.float64), np.asarray(polygon[1::2], np.float64)
+            total += abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))) / 2
+        return total
+    return float(mask_utils.area(rle))
+
+
 class _Annotations:
     """Annotation records with ids unique over the whole dataset."""
 
@@ -470,11 +481,10 @@ class _Annotations:
         self.vehicle_turn = 0  # rotates through OTHER_VEHICLES over the whole dataset
 
     def record(self, image_id: int, category: str, segmentation: Any, rle: dict, *, crowd: bool) -> dict | None:
-        area = int(mask_utils.area(rle))
-        if area < MIN_INSTANCE_AREA:
+        if int(mask_utils.area(rle)) < MIN_INSTANCE_AREA:
             return None
         annotation = {"id": self.next_id, "image_id": image_id, "category_id": CATEGORY_BY_NAME[category].id,
-                      "segmentation": segmentation, "area": float(area),
+                      "segmentation": segmentation, "area": _coco_area(segmentation, rle),
                       "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(crowd)}
         self.next_id += 1
         return annotation

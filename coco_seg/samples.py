@@ -33,7 +33,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from coco_seg.coco_data import BadSample, SampleRecord, SplitData, record_decode_failure
+from coco_seg.ledger import record_decode_failure
+from coco_seg.split_data import BadSample, SampleRecord, SplitData
 from coco_seg.images import ImageDecodeError, decode_rgb
 from coco_seg.masks import AnnotationError, class_pixel_counts, class_unions, paint
 from coco_seg.metadata import annotation_metadata, image_metadata, mask_metadata, missing_metadata

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from coco_seg.check import engine_check, integration_test
 from coco_seg.coco_data import load_labeled_split

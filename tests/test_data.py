@@ -282,7 +282,7 @@ def break_degenerate_polygon(root, dataset):
     damage_annotations(root, lambda d: d["annotations"].append(
         {"id": 99998, "image_id": image["id"], "category_id": 1, "iscrowd": 0, "area": 0.0,
          "bbox": [0, 0, 0, 0], "segmentation": [[1, 1, 2, 2]]}))
-    return image, "fewer than 3 points"
+    return image, "annotation 99998: field 'segmentation': a polygon has 2 point(s); at least 3 are needed"
 
 
 def break_bbox_only(root, dataset):
@@ -290,7 +290,7 @@ def break_bbox_only(root, dataset):
     damage_annotations(root, lambda d: d["annotations"].append(
         {"id": 99997, "image_id": image["id"], "category_id": 3, "iscrowd": 0, "area": 16.0,
          "bbox": [0, 0, 4, 4], "segmentation": []}))
-    return image, "no segmentation"
+    return image, "annotation 99997: field 'segmentation' is missing or empty (a bbox alone gives no mask)"
 
 
 @pytest.mark.parametrize("breaker", [break_missing_file, break_truncated_file, break_empty_file, break_escaping_name,
@@ -315,7 +315,8 @@ def test_orphan_annotation_errors_or_is_listed(tmp_path, editable):
     damage_annotations(editable, lambda d: d["annotations"].append(
         {"id": 77777, "image_id": 123456789, "category_id": 1, "iscrowd": 0, "area": 10.0, "bbox": [0, 0, 4, 4],
          "segmentation": [[0, 0, 4, 0, 4, 4]]}))
-    with pytest.raises(DataError, match="annotation 77777 refers to image id 123456789"):
+    with pytest.raises(DataError, match=r"ignored: annotation 77777 \(annotations\[\d+\]\) refers to image id "
+                                        r"123456789, which is not an image of 'images'"):
         load(tmp_path / "e", data_tree(editable))
     _, split = load(tmp_path / "s", data_tree(editable) | {"on_bad_sample": "skip"})
     assert any("77777" in line for line in split.ignored_annotations)
@@ -381,15 +382,20 @@ def test_a_file_only_the_standard_parser_reads_still_loads(tmp_path, editable):
         [before.records[i].annotations for i in before.sample_ids]
 
 
-@pytest.mark.parametrize("entry, where", [("images", "images[3] is not an image entry with an 'id'"),
-                                          ("annotations", "annotations[3] is not an object"),
-                                          ("categories", "categories[3] is not a category with an integer 'id'")])
+@pytest.mark.parametrize("entry, where", [
+    # the entry itself, then the annotations that pointed at the image it was: each listed in one message
+    ("images", r"data\.splits\.training: 0 bad sample\(s\) and \d+ entries that belong to no image in "
+               r".*instances_train2017\.json.*\n  - ignored: images\[3\]: field 'id' must be an integer, got "
+               r"NoneType 'None' \(file_name 'x\.jpg'\)\n  - ignored: annotation \d+ \(annotations\[\d+\]\) refers"),
+    ("annotations", r"data\.splits\.training: 0 bad sample\(s\) and 1 entries that belong to no image in "
+                    r".*instances_train2017\.json.*\n  - ignored: annotations\[3\] is not an object"),
+    ("categories", r"data\.splits\.training\.annotations: .*instances_train2017\.json: categories\[3\] is not a "
+                   r"category with an integer 'id'")])
 def test_a_malformed_entry_names_its_list_and_position(tmp_path, editable, entry, where):
     def damage(dataset):
         dataset[entry][3] = {"annotations": ["not", "an", "object"], "images": {"file_name": "x.jpg"},
                              "categories": {"id": "4", "name": "motorcycle"}}[entry]
 
     damage_annotations(editable, damage)
-    with pytest.raises(DataError, match=r"data\.splits\.training\.annotations: .*instances_train2017\.json: "
-                                        + where.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(DataError, match=where):
         load(tmp_path, data_tree(editable))

@@ -39,7 +39,7 @@ def test_a_cached_load_equals_a_fresh_scan(tmp_path, private_cache, dataset, mon
     assert len(list(private_cache.glob("*.json"))) == 1 and len(list(private_cache.glob("*.blob"))) == 1
     # the first run already reads its annotations back from the blob: check them against the parsed file itself
     config = load_config(write_config(tmp_path, dataset))
-    parsed = coco_data._scan_annotations(config, "training", config.data_root / config.splits["training"].annotations)
+    parsed = coco_data.scan_annotations(config, "training", config.data_root / config.splits["training"].annotations)
     in_memory = {str(c.image_id): json.dumps(list(c.annotations), sort_keys=True) for c in parsed.candidates}
     assert {r.sample_id: json.dumps(list(r.annotations), sort_keys=True) for r in fresh.records.values()} == \
         {sample_id: in_memory[sample_id] for sample_id in fresh.records}
@@ -47,7 +47,7 @@ def test_a_cached_load_equals_a_fresh_scan(tmp_path, private_cache, dataset, mon
     def no_parsing(*args, **kwargs):
         raise AssertionError("the annotation file was parsed again although the cache holds it")
 
-    monkeypatch.setattr(coco_data, "_scan_annotations", no_parsing)
+    monkeypatch.setattr(coco_data, "scan_annotations", no_parsing)
     cached = load(tmp_path, dataset)
     assert snapshot(cached) == snapshot(fresh)
     assert cached.class_of_category == fresh.class_of_category and cached.category_names == fresh.category_names
@@ -174,13 +174,13 @@ def test_the_first_scan_runs_in_a_child_process_and_its_data_errors_come_back(tm
     from coco_seg.coco_data import DataError
 
     scanned_in = tmp_path / "scanned-in"
-    real_scan = coco_data._scan_annotations
+    real_scan = coco_data.scan_annotations
 
     def recording_scan(*args, **kwargs):
         scanned_in.write_text(str(os.getpid()))
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(coco_data, "_scan_annotations", recording_scan)
+    monkeypatch.setattr(coco_data, "scan_annotations", recording_scan)
     forked = load(tmp_path, data_tree(generated_root))
     assert int(scanned_in.read_text()) != os.getpid()
     monkeypatch.setenv(index_cache.IN_PROCESS_ENV_VAR, "1")
@@ -207,17 +207,17 @@ def test_a_child_that_dies_costs_only_the_parse_here(tmp_path, private_cache, ge
     from coco_seg import coco_data
 
     parent = os.getpid()
-    real_scan = coco_data._scan_annotations
+    real_scan = coco_data.scan_annotations
 
     def dying_in_the_child(*args, **kwargs):
         if os.getpid() != parent:
             os._exit(3)  # as if killed, e.g. out of memory
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(coco_data, "_scan_annotations", dying_in_the_child)
+    monkeypatch.setattr(coco_data, "scan_annotations", dying_in_the_child)
     split = load(tmp_path, data_tree(generated_root))
     assert "stopped without a result" in caplog.text
-    monkeypatch.setattr(coco_data, "_scan_annotations", real_scan)
+    monkeypatch.setattr(coco_data, "scan_annotations", real_scan)
     assert snapshot(load(tmp_path, data_tree(generated_root))) == snapshot(split)
 
 

@@ -40,16 +40,19 @@ def test_mask_percentages_on_a_hand_made_mask():
 
 
 def test_annotation_counts_and_sizes_on_hand_made_annotations():
+    from coco_seg.annotation_checks import AREA_KEY
     from coco_seg.config import TargetClass
 
+    # Areas as preprocess stores them (computed from the geometry; the file's own `area` is never read).
+
     annotations = [
-        {"category_id": 1, "iscrowd": 0, "area": 2000.0},
-        {"category_id": 1, "iscrowd": 0, "area": 1000.0},  # small (< 32² = 1024)
-        {"category_id": 1, "iscrowd": 1, "area": 5000.0},  # crowd: not an instance
-        {"category_id": 3, "iscrowd": 0, "area": 400.0},  # small
-        {"category_id": 6, "iscrowd": 0, "area": 8000.0},
-        {"category_id": 2, "iscrowd": 0, "area": 1500.0},
-        {"category_id": 18, "iscrowd": 0, "area": 3000.0},
+        {"category_id": 1, "iscrowd": 0, AREA_KEY: 2000.0},
+        {"category_id": 1, "iscrowd": 0, AREA_KEY: 1000.0},  # small (< 32² = 1024)
+        {"category_id": 1, "iscrowd": 1, AREA_KEY: 5000.0},  # crowd: not an instance
+        {"category_id": 3, "iscrowd": 0, AREA_KEY: 400.0},  # small
+        {"category_id": 6, "iscrowd": 0, AREA_KEY: 8000.0},
+        {"category_id": 2, "iscrowd": 0, AREA_KEY: 1500.0},
+        {"category_id": 18, "iscrowd": 0, AREA_KEY: 3000.0},
     ]
     targets = (TargetClass("person", ("person",)), TargetClass("car", ("car",)))
     values = annotation_metadata(annotations, category_names=CATEGORY_NAMES, target_classes=targets,

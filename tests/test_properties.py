@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 
 from coco_seg import metrics
 from coco_seg.categories import COCO_CATEGORIES, VEHICLE_TYPES
-from coco_seg.coco_data import _target_category_ids
+from coco_seg.annotation_checks import AREA_KEY
+from coco_seg.annotations import _target_category_ids
 from coco_seg.config import load_config
 from coco_seg.masks import class_pixel_counts, class_unions, semantic_mask
 from coco_seg.metadata import COUNTED_CATEGORIES, annotation_metadata, image_metadata, mask_metadata
@@ -76,7 +77,7 @@ def scenes(draw, *, category_ids=CATEGORY_IDS) -> tuple[int, int, list[dict]]:
             segmentation, crowd = [polygon], 0
         area = float((polygon[2] - polygon[0]) * (polygon[5] - polygon[1]))
         annotations.append({"id": index, "category_id": category, "segmentation": segmentation, "iscrowd": crowd,
-                            "area": area})
+                            "area": area, AREA_KEY: area})  # AREA_KEY: as preprocess stores it
     return height, width, annotations
 
 

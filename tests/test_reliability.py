@@ -17,7 +17,6 @@ Covered elsewhere, not repeated here:
 import base64
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ import numpy as np
 import pytest
 
 from coco_seg import metrics
-from coco_seg.coco_data import (BadSample, DataError, load_labeled_split, load_splits, load_unlabeled_split,
-                                record_decode_failure)
+from coco_seg.coco_data import BadSample, DataError, load_labeled_split, load_splits, load_unlabeled_split
+from coco_seg.ledger import record_decode_failure
 from coco_seg.config import REPORTS_DIR_ENV_VAR, ConfigError, load_config
 from coco_seg.encoders import encode_image, encode_label_mask, encode_mask, sample_metadata
 from coco_seg.images import HEAD_BYTES, inspect_image_file
@@ -367,7 +366,7 @@ def _make_file_name_absolute(editable: Path, image: dict) -> None:
         file_name=absolute))
 
 
-@pytest.mark.parametrize("damage, reason", [(_add_rle_of_the_wrong_size, "annotation 88888 has an RLE of size"),
+@pytest.mark.parametrize("damage, reason", [(_add_rle_of_the_wrong_size, "annotation 88888: field 'segmentation': the RLE is of size"),
                                             (_make_file_name_absolute, "is an absolute path")])
 def test_rle_size_mismatch_and_absolute_file_name_are_refused_or_listed(tmp_path, editable, reports_dir, damage,
                                                                        reason):
