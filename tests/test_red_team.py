@@ -124,15 +124,20 @@ ANNOTATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case, edit, fault", ANNOTATION_CASES, ids=[c[0] for c in ANNOTATION_CASES])
-def test_a_bad_annotation_is_refused_naming_sample_file_annotation_and_field(tmp_path, editable, case, edit, fault):
-    dataset = read(editable)
+def refused(tmp_path: Path, root: Path, edit) -> tuple[dict, dict, str]:
+    """Apply ``edit(dataset, target image)``; the target image, the edited dataset and the error-mode message."""
+    dataset = read(root)
     image = target_image(dataset)
     edit(dataset, image)
-    write(editable, dataset)
+    write(root, dataset)
     with pytest.raises(DataError) as error:
-        load(tmp_path, editable)
-    message = str(error.value)
+        load(tmp_path, root)
+    return image, dataset, str(error.value)
+
+
+@pytest.mark.parametrize("case, edit, fault", ANNOTATION_CASES, ids=[c[0] for c in ANNOTATION_CASES])
+def test_a_bad_annotation_is_refused_naming_sample_file_annotation_and_field(tmp_path, editable, case, edit, fault):
+    image, _, message = refused(tmp_path, editable, edit)
     annotation = "annotation 'abc'" if case == "annotation-id-string" else (
         "annotation None" if case == "annotation-id-missing" else "annotation 90001")
     assert message.startswith("data.splits.training: 1 bad sample(s) in ")
@@ -199,13 +204,7 @@ IMAGE_CASES = [
 
 @pytest.mark.parametrize("case, edit, fault", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
 def test_a_bad_image_entry_is_refused_or_listed(tmp_path, editable, case, edit, fault):
-    dataset = read(editable)
-    image = target_image(dataset)
-    edit(dataset, image)
-    write(editable, dataset)
-    with pytest.raises(DataError) as error:
-        load(tmp_path, editable)
-    message = str(error.value)
+    image, _, message = refused(tmp_path, editable, edit)
     assert f"sample {image['id']} (" in message and fault in message, message
     split = load(tmp_path, editable, on_bad_sample="skip")
     assert [bad.sample_id for bad in split.skipped] == [str(image["id"])] and fault in split.skipped[0].reason
@@ -225,15 +224,10 @@ def test_a_bad_image_entry_is_refused_or_listed(tmp_path, editable, case, edit, 
      "images[{image_position}]: field 'id' must be an integer, got str 'x1'"),
 ], ids=lambda value: value if isinstance(value, str) and "-" in value and " " not in value else "")
 def test_entries_of_no_usable_image_are_refused_or_ignored_and_listed(tmp_path, editable, case, edit, fault):
-    dataset = read(editable)
-    image = target_image(dataset)
-    edit(dataset, image)
-    write(editable, dataset)
+    image, dataset, message = refused(tmp_path, editable, edit)
     expected = fault.format(position=len(dataset["annotations"]) - 1, image_position=len(dataset["images"]) - 1,
                             image_id=image["id"])
-    with pytest.raises(DataError) as error:
-        load(tmp_path, editable)
-    assert "entries that belong to no image" in str(error.value) and f"ignored: {expected}" in str(error.value)
+    assert "entries that belong to no image" in message and f"ignored: {expected}" in message
     split = load(tmp_path, editable, on_bad_sample="skip")
     assert not split.skipped and any(expected in line for line in split.ignored_annotations)
     report = json.loads(Path(split.report_path).read_text())
