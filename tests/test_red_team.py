@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coco_seg import index_cache
@@ -428,3 +429,26 @@ def test_nothing_valid_is_refused(tmp_path, generated_root, mode, source):
                     assert annotation[AREA_KEY] == pytest.approx(annotation["area"], rel=1e-9)
                 else:
                     assert math.isfinite(annotation[AREA_KEY]) and annotation[AREA_KEY] >= 0
+
+
+def test_a_jpeg_garbled_in_its_middle_is_served_as_a_listed_placeholder_not_as_garbage(tmp_path, editable):
+    """End to end: preprocess accepts the file (its header and end marker are intact); the engine's per-sample calls
+    then get the placeholder, and the sample is listed under failed_at_decode with libjpeg's words."""
+    from coco_seg.encoders import encode_image, encode_mask, sample_metadata
+
+    split = load(tmp_path, editable)
+    record = split.records[split.sample_ids[0]]
+    data = bytearray(Path(record.file).read_bytes())
+    scan = data.index(b"\xff\xda")
+    middle = scan + (len(data) - scan) // 2
+    data[middle:middle + 1000] = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    Path(record.file).write_bytes(bytes(data))
+    split = load(tmp_path, editable)  # still accepted: the damage is only visible to the decoder
+    assert record.sample_id in split.records
+    np.testing.assert_array_equal(encode_image(split, record.sample_id), -1.0)  # black placeholder
+    assert not encode_mask(split, record.sample_id).any()  # every pixel ignored
+    assert sample_metadata(split, record.sample_id)["person_count"] is None
+    failure = split.failed_at_decode[record.sample_id]
+    assert "the JPEG data is corrupt (libjpeg: Corrupt JPEG data" in failure.reason
+    report = json.loads(Path(split.report_path).read_text())
+    assert [entry["sample_id"] for entry in report["failed_at_decode"]] == [record.sample_id]
