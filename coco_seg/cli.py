@@ -59,7 +59,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from coco_seg.training import TrainOptions, train
 
     config = load_config()
-    weights = None if args.class_weights is None else tuple(float(w) for w in args.class_weights.split(","))
+    weights = args.class_weights
+    if weights is not None and weights != "median-frequency":
+        weights = tuple(float(w) for w in weights.split(","))
     options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            encoder_weights=args.encoder_weights, alpha=args.alpha, fine_tune=args.fine_tune,
                            augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
@@ -185,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
     train.add_argument("--fine-tune", action="store_true", help="train the encoder too (frozen by default)")
     train.add_argument("--no-augment", action="store_true", help="no flip / scale-crop augmentation")
-    train.add_argument("--class-weights", metavar="W0,W1,...", help="cross-entropy weight per class, background first")
+    train.add_argument("--class-weights", metavar="W0,W1,...|median-frequency",
+                       help="cross-entropy weight per class, background first; median-frequency: computed from the "
+                            "training split's pixel frequencies at the start (recorded in train_state.json)")
     train.add_argument("--dice-weight", type=float, default=0.0, help="add this × (1 - soft dice) to the loss")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")

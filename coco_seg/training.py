@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 import keras
 
+from coco_seg import class_balance
 from coco_seg.atomic import write_atomically, write_json_atomically as _write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
@@ -47,7 +48,9 @@ class TrainOptions:
     alpha: float = 1.0
     fine_tune: bool = False
     augment: bool = True
-    class_weights: Optional[tuple[float, ...]] = None  # one per class, background first
+    # one per class, background first; or "median-frequency" (coco_seg.class_balance), computed from the training
+    # split at the start and recorded in train_state.json and the model card
+    class_weights: Union[tuple[float, ...], str, None] = None
     dice_weight: float = 0.0
     seed: int = 0
 
@@ -65,6 +68,8 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: Optional[int] = None
     best_validation: Optional[dict[str, Any]] = None
+    # the cross-entropy weights used, background first, and how they were chosen (with the statistics behind them)
+    class_balance: Optional[dict[str, Any]] = None
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -208,7 +213,10 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
     data_root = resolve_data_root(config)
     training = load_labeled_split(config, "training", data_root=data_root)
     validation = load_labeled_split(config, "validation", data_root=data_root)
-    if options.class_weights is not None and len(options.class_weights) != config.num_classes:
+    if isinstance(options.class_weights, str) and options.class_weights != class_balance.METHOD:
+        raise ValueError(f"class_weights must be {class_balance.METHOD!r} or one number per class, got "
+                         f"{options.class_weights!r}")
+    if isinstance(options.class_weights, tuple) and len(options.class_weights) != config.num_classes:
         raise ValueError(f"class_weights needs {config.num_classes} values ({', '.join(config.class_names)}), "
                          f"got {len(options.class_weights)}")
 
@@ -224,9 +232,14 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         model = keras.models.load_model(out_dir / "checkpoints" / LAST_NAME)
         log(f"resuming after epoch {state.epochs_done} of {options.epochs}")
     else:
+        balance = _class_balance(options, training)
+        if balance is not None:
+            log(f"class weights ({balance['method']}): " + ", ".join(
+                f"{name} {weight:.3f}" for name, weight in zip(config.class_names, balance["weights"])))
         state = TrainState(options=asdict(options), label_mode=config.label_mode, classes=list(config.class_names),
                            image_size=config.image_size,
-                           split_sizes={"training": len(training.sample_ids), "validation": len(validation.sample_ids)})
+                           split_sizes={"training": len(training.sample_ids), "validation": len(validation.sample_ids)},
+                           class_balance=balance)
         model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
                            encoder_weights=options.encoder_weights, alpha=options.alpha,
                            trainable_encoder=options.fine_tune)
@@ -234,8 +247,7 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = BATCHNORM_MOMENTUM
         model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                      loss=SegmentationLoss(options.class_weights and list(options.class_weights),
-                                            options.dice_weight))
+                      loss=SegmentationLoss(None if balance is None else balance["weights"], options.dice_weight))
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
     log(f"training on {', '.join(devices)}: {state.split_sizes['training']} training / "
         f"{state.split_sizes['validation']} validation samples, {config.label_mode} {list(config.class_names)}, "
@@ -252,6 +264,17 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
     return state
 
 
+def _class_balance(options: TrainOptions, training: SplitData) -> Optional[dict[str, Any]]:
+    """The cross-entropy weights ``options`` ask for, with how they were chosen; None for plain cross-entropy."""
+    if options.class_weights is None:
+        return None
+    if isinstance(options.class_weights, tuple):
+        return {"method": "given", "weights": [float(w) for w in options.class_weights]}
+    statistics = class_balance.class_pixel_statistics(training)
+    return {"method": class_balance.METHOD, "weights": list(class_balance.median_frequency_weights(statistics)),
+            "training_pixels": statistics.as_json()}
+
+
 def training_card_fields(checkpoint: Path) -> dict[str, Any]:
     """Model-card fields for a checkpoint of a run folder: training data, epochs and validation figures."""
     state = read_state(checkpoint.resolve().parent.parent)
@@ -259,5 +282,6 @@ def training_card_fields(checkpoint: Path) -> dict[str, Any]:
     if state is not None:
         epoch = state.best_epoch if checkpoint.name == BEST_NAME else state.epochs_done
         fields |= {"training_data": state.split_sizes, "epochs": epoch, "train_options": state.options,
+                   "class_balance": state.class_balance,
                    "evaluation": state.best_validation if checkpoint.name == BEST_NAME else None}
     return fields

@@ -1,0 +1,72 @@
+"""Median-frequency class weights: the formula on hand-made counts, the statistics against pycocotools, and training
+with ``class_weights="median-frequency"`` recording what it used."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from _support import data_tree, write_config
+from coco_seg.class_balance import ClassPixelStatistics, class_pixel_statistics, median_frequency_weights
+from coco_seg.coco_data import load_labeled_split
+from coco_seg.config import load_config
+
+
+def test_weights_on_hand_made_counts():
+    # background in every image (900 of 1000 pixels each, 2 images), person 80 of 1000 in both, car 20 in one
+    statistics = ClassPixelStatistics(pixels=np.array([1800, 160, 20]), image_pixels=np.array([2000, 2000, 1000]))
+    frequency = np.array([0.9, 0.08, 0.02])
+    assert median_frequency_weights(statistics) == pytest.approx(tuple(0.08 / frequency))
+    assert median_frequency_weights(statistics)[1] == pytest.approx(1.0)  # the median class
+
+
+def test_a_class_that_never_occurs_gets_weight_one_and_an_empty_split_is_refused():
+    statistics = ClassPixelStatistics(pixels=np.array([900, 100, 0]), image_pixels=np.array([1000, 1000, 0]))
+    weights = median_frequency_weights(statistics)
+    assert weights[2] == 1.0 and weights[0] == pytest.approx(0.5 / 0.9) and weights[1] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="at least one labelled pixel"):
+        median_frequency_weights(ClassPixelStatistics(np.zeros(3, np.int64), np.zeros(3, np.int64)))
+
+
+def test_statistics_equal_pycocotools_masks(tmp_path, dataset):
+    config = load_config(write_config(tmp_path, dataset))
+    split = load_labeled_split(config, "training", data_root=config.data_root)
+    coco = COCO(str(config.data_root / config.splits["training"].annotations))
+    pixels, image_pixels = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    for sample_id in split.sample_ids:
+        info = coco.imgs[int(sample_id)]
+        label = np.zeros((info["height"], info["width"]), np.uint8)
+        for index in (2, 1):  # the documented overlap rule: the class listed first wins
+            for annotation in coco.imgToAnns[int(sample_id)]:
+                if split.class_of_category.get(annotation["category_id"]) == index:
+                    label[coco.annToMask(annotation) > 0] = index
+        counts = np.bincount(label.ravel(), minlength=3)
+        pixels += counts
+        image_pixels += np.where(counts > 0, label.size, 0)
+    statistics = class_pixel_statistics(split)
+    np.testing.assert_array_equal(statistics.pixels, pixels)
+    np.testing.assert_array_equal(statistics.image_pixels, image_pixels)
+    weights = median_frequency_weights(statistics)
+    assert weights[0] < 1.0 < max(weights[1:])  # background dominant: weighted down, the rarest class up
+
+
+def test_training_with_median_frequency_records_the_weights_it_used(tmp_path, generated_root):
+    from coco_seg.training import STATE_NAME, TrainOptions, train, training_card_fields
+
+    config = load_config(write_config(tmp_path, data_tree(generated_root) | {"image_size": 64}))
+    options = TrainOptions(epochs=1, batch_size=8, encoder_weights="none", alpha=0.35, class_weights="median-frequency")
+    messages: list[str] = []
+    state = train(config, tmp_path / "run", options, log=messages.append)
+    expected = median_frequency_weights(
+        class_pixel_statistics(load_labeled_split(config, "training", data_root=config.data_root)))
+    assert state.class_balance["method"] == "median-frequency"
+    assert state.class_balance["weights"] == pytest.approx(list(expected))
+    saved = json.loads((tmp_path / "run" / STATE_NAME).read_text())
+    assert saved["class_balance"]["weights"] == pytest.approx(list(expected))
+    assert saved["options"]["class_weights"] == "median-frequency"
+    assert any(line.startswith("class weights (median-frequency): background ") for line in messages)
+    card = training_card_fields(tmp_path / "run" / "checkpoints" / "last.keras")
+    assert card["class_balance"]["weights"] == pytest.approx(list(expected))
+    with pytest.raises(ValueError, match="class_weights must be 'median-frequency' or one number per class"):
+        train(config, tmp_path / "other", TrainOptions(epochs=1, class_weights="inverse", encoder_weights="none"))
