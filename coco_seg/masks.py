@@ -50,7 +50,7 @@ def class_unions(annotations: Iterable[Mapping[str, Any]], *, height: int, width
             # Checked again right before pycocotools: its rasteriser allocates in proportion to the outline's
             # length, so a NaN, Infinity or 1e8 coordinate must never reach it, whatever preprocess saw.
             for polygon in segmentation:
-                fault, _ = polygon_fault(polygon, width=width, height=height)
+                fault, _, _ = polygon_fault(polygon, width=width, height=height)
                 if fault is not None:
                     raise AnnotationError(f"annotation {annotation.get('id')!r}: {fault}")
             polygons = segmentation

@@ -279,7 +279,7 @@ def test_a_polygon_crossing_the_border_is_kept_and_its_area_is_the_part_inside(t
 
 def test_a_clipped_polygon_masks_what_pycocotools_masks_inside_the_image(editable):
     polygon = [-20.0, -10.0, 30.0, 5.0, 12.0, 30.0]  # a triangle crossing three borders of a 24 x 18 image
-    fault, area = polygon_fault(polygon, width=24, height=18)
+    fault, area, _ = polygon_fault(polygon, width=24, height=18)
     unions = class_unions([{"category_id": 1, "segmentation": [polygon]}], height=18, width=24,
                           class_of_category={1: 1})
     from pycocotools import mask as mask_utils
@@ -452,3 +452,28 @@ def test_a_jpeg_garbled_in_its_middle_is_served_as_a_listed_placeholder_not_as_g
     assert "the JPEG data is corrupt (libjpeg: Corrupt JPEG data" in failure.reason
     report = json.loads(Path(split.report_path).read_text())
     assert [entry["sample_id"] for entry in report["failed_at_decode"]] == [record.sample_id]
+
+
+def test_the_batched_polygon_checks_equal_one_polygon_at_a_time():
+    """polygon_checks decides the common case with numpy; it must give exactly polygon_fault's answer, bad or not."""
+    from coco_seg.annotation_checks import polygon_checks
+
+    rng = np.random.default_rng(7)
+    polygons, widths, heights = [], [], []
+    kinds = [lambda: rng.uniform(0, 90, 2 * rng.integers(3, 30)).tolist(),  # inside: the fast path
+             lambda: rng.uniform(-30, 130, 2 * rng.integers(3, 12)).tolist(),  # crossing the border: clipped
+             lambda: [1.0, 1.0, 5.0, 5.0, 9.0, 9.0], lambda: [1, 2, 3], lambda: [1.0, float("nan"), 5, 5, 9, 1],
+             lambda: [1, 1, 2e8, 1, 5, 5], lambda: ["1", 1, 5, 5, 9, 1], lambda: [[1, 1], [5, 5], [9, 1]],
+             lambda: [0.1, 0.1, 0.9, 0.1, 0.5, 0.9], lambda: [True, 1, 5, 5, 9, 1], lambda: 7,
+             lambda: [200.0, 200.0, 300.0, 200.0, 250.0, 260.0]]
+    for _ in range(600):
+        polygons.append(kinds[int(rng.integers(len(kinds)))]())
+        widths.append(int(rng.integers(60, 120)))
+        heights.append(int(rng.integers(60, 120)))
+    checks = polygon_checks(polygons, widths, heights)
+    batched = [checks[i] for i in range(len(polygons))]
+    single = [polygon_fault(p, width=w, height=h) for p, w, h in zip(polygons, widths, heights)]
+    assert [b[0] for b in batched] == [s[0] for s in single]
+    np.testing.assert_allclose([b[1] for b in batched], [s[1] for s in single], rtol=1e-9)
+    np.testing.assert_allclose([b[2] for b in batched], [s[2] for s in single], rtol=1e-12)
+    assert sum(b[0] is None for b in batched) > 100  # the fast path was exercised
