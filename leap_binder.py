@@ -80,6 +80,11 @@ def iou(ground_truth: np.ndarray, prediction: np.ndarray) -> Dict[str, np.ndarra
     return metrics.by_class_name(metrics.iou_per_class(ground_truth, prediction), CLASS_NAMES)
 
 
+@tensorleap_custom_metric("boundary_iou", direction={name: MetricDirection.Upward for name in CLASS_NAMES})
+def boundary_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> Dict[str, np.ndarray]:
+    return metrics.by_class_name(metrics.boundary_iou_per_class(ground_truth, prediction), CLASS_NAMES)
+
+
 @tensorleap_custom_metric("mean_iou", direction=MetricDirection.Upward)
 def mean_iou(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     return metrics.mean_iou(ground_truth, prediction)

@@ -83,6 +83,7 @@ def integration_test(sample_id: Union[int, str], preprocess_response: Preprocess
     for metadata in registry.METADATA.values():
         metadata(sample_id, preprocess_response)
     registry.iou(mask, prediction)
+    registry.boundary_iou(mask, prediction)
     registry.mean_iou(mask, prediction)
     registry.dice(mask, prediction)
     registry.pixel_accuracy(mask, prediction)

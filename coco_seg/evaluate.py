@@ -1,14 +1,18 @@
-"""Dataset-level evaluation: one confusion matrix accumulated over a whole split.
+"""Dataset-level evaluation: counts accumulated over a whole split (coco_seg.metrics.SegmentationAccumulator).
 
 Algorithm: every pixel of every sample adds one count to ``confusion[gt_class, predicted_class]``; the
 dataset-level IoU of class c is ``C[c,c] / (row_c + col_c - C[c,c])`` — the figure of the reference table, where
-large images and large objects weigh more. The mean of per-image IoU (each image's classes that are present in its
-GT or prediction, then averaged over images) is reported beside it, because it weighs every image equally.
-Predictions are streamed batch by batch; nothing of size N×S×S×K is ever held.
+large images and large objects weigh more. Boundary IoU (Cheng et al., CVPR 2021) is summed the same way: per class
+the boundary-region intersections and unions of all images, then one ratio (pixels within d = 2 % of the image
+diagonal of a contour, 4 px at 128 px; see coco_seg.metrics). The mean of per-image IoU (each image's classes that
+are present in its GT or prediction, then averaged over images) is reported beside them, because it weighs every
+image equally. Ignored pixels and NaN/Inf predictions follow the engine metrics' rules (the same code). Predictions
+are streamed batch by batch; nothing of size N×S×S×K is ever held.
 """
 
+import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,28 +33,55 @@ class Evaluation:
     samples: int
     class_names: list[str]
     iou: dict[str, Optional[float]]  # dataset-level, per class (None when the class never occurs)
-    mean_iou: float  # dataset-level mean over the classes that occur
+    mean_iou: float  # dataset-level mean over the classes that occur (NaN when none does)
     mean_per_image_iou: float  # mean over images of each image's mean IoU
-    pixel_accuracy: float
+    pixel_accuracy: float  # over the labelled pixels
+    # dataset-level Boundary IoU per class (None when the class never occurs) and its mean over the classes that
+    # occur; defaults only for records written before they existed
+    boundary_iou: dict[str, Optional[float]] = field(default_factory=dict)
+    mean_boundary_iou: float = math.nan
+    boundary_dilation_ratio: float = metrics.DEFAULT_DILATION_RATIO  # boundary width / image diagonal
 
     def table(self) -> str:
         names = [n for n in self.class_names if n != "background"]
-        header = "| split | samples | " + " | ".join(f"IoU {n}" for n in names) + " | mean IoU | mean per-image IoU |"
-        rule = "|" + "---|" * (len(names) + 4)
-        cells = " | ".join("n/a" if self.iou[n] is None else f"{self.iou[n]:.3f}" for n in names)
-        row = f"| {self.split} | {self.samples} | {cells} | {self.mean_iou:.3f} | {self.mean_per_image_iou:.3f} |"
+        header = ("| split | samples | " + " | ".join(f"IoU {n}" for n in names) + " | mean IoU | mean per-image IoU | "
+                  + " | ".join(f"Boundary IoU {n}" for n in names) + " | mean Boundary IoU |")
+        rule = "|" + "---|" * (2 * len(names) + 5)
+        cells = " | ".join(_cell(self.iou.get(n)) for n in names)
+        boundary_cells = " | ".join(_cell(self.boundary_iou.get(n)) for n in names)
+        row = (f"| {self.split} | {self.samples} | {cells} | {_cell(self.mean_iou)} | "
+               f"{_cell(self.mean_per_image_iou)} | {boundary_cells} | {_cell(self.mean_boundary_iou)} |")
         return "\n".join([header, rule, row])
 
     def write_json(self, path: Path) -> None:
-        write_json_atomically(path, asdict(self))
+        """The fields as strictly valid JSON: an undefined figure (NaN) is written as null, never as NaN."""
+        write_json_atomically(path, _finite_or_none(asdict(self)))
+
+
+def _cell(value: Optional[float]) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±Inf) replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def _by_name(class_names: Sequence[str], values: np.ndarray) -> dict[str, Optional[float]]:
+    return {n: None if np.isnan(v) else float(v) for n, v in zip(class_names, values)}
 
 
 def dataset_iou(true_positives: np.ndarray, false_positives: np.ndarray, false_negatives: np.ndarray) -> np.ndarray:
     """(K,) float64 IoU per class from (K,) pixel counts summed over a dataset; NaN for a class in neither the
-    ground truth nor the prediction."""
-    union = (true_positives + false_positives + false_negatives).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, true_positives / union, np.nan)
+    ground truth nor the prediction. The accumulator's own rule (``SegmentationAccumulator.iou_from_counts``), for
+    callers that hold the counts."""
+    return metrics.SegmentationAccumulator.iou_from_counts(true_positives, false_positives, false_negatives)
 
 
 def batches(split: SplitData, sample_ids: Sequence[str], *, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -64,30 +95,28 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
                    batch_size: int = BATCH_SIZE, progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
     """Run ``predict`` (images → (B, S, S, K) logits or probabilities) over a split and evaluate it."""
     class_names = list(split.config.class_names)
-    num_classes = len(class_names)
-    totals = np.zeros((3, num_classes), np.int64)  # true positives, false positives, false negatives per class
-    per_image: list[np.ndarray] = []
+    # the metrics' own rules: ignored pixels (all-zero GT, e.g. a sample that failed to decode) and NaN/Inf
+    # predictions count as in the engine
+    accumulator = metrics.SegmentationAccumulator(len(class_names))
     sample_ids = split.sample_ids
     done = 0
     for images, ground_truth in batches(split, sample_ids, batch_size=batch_size):
-        prediction = predict(images)
-        # the metrics' own counts: ignored pixels (all-zero GT, e.g. a sample that failed to decode) and NaN/Inf
-        # predictions follow the same rules as in the engine
-        totals += np.stack([counts.sum(axis=0) for counts in metrics.confusion_counts(ground_truth, prediction)])
-        per_image.append(metrics.mean_iou(ground_truth, prediction))
+        accumulator.update(ground_truth, predict(images))
         done += len(images)
         if progress:
             progress(done, len(sample_ids))
-    true_positives, false_positives, false_negatives = totals
-    iou = dataset_iou(true_positives, false_positives, false_negatives)
+    scores = accumulator.compute()
     return Evaluation(
         split=split.name,
         samples=len(sample_ids),
         class_names=class_names,
-        iou={n: None if np.isnan(v) else float(v) for n, v in zip(class_names, iou)},
-        mean_iou=float(np.nanmean(iou)),
-        mean_per_image_iou=float(np.nanmean(np.concatenate(per_image))),
-        pixel_accuracy=float(true_positives.sum() / (true_positives + false_negatives).sum()),  # over labelled pixels
+        iou=_by_name(class_names, scores.iou),
+        mean_iou=scores.mean_iou,
+        mean_per_image_iou=scores.mean_per_image_iou,
+        pixel_accuracy=scores.pixel_accuracy,
+        boundary_iou=_by_name(class_names, scores.boundary_iou),
+        mean_boundary_iou=scores.mean_boundary_iou,
+        boundary_dilation_ratio=scores.dilation_ratio,
     )
 
 

@@ -9,6 +9,20 @@ label per pixel by argmax over the class axis; per sample and class the pixels a
 * pixel accuracy = correct pixels / labelled pixels
 
 and the loss is the per-pixel categorical cross-entropy, averaged over the labelled pixels of each sample.
+
+**Boundary IoU** (Cheng et al., CVPR 2021) compares the class masks near their contours only. The boundary region of
+a binary mask M is ``B(M) = M - erode(M, d)``: the pixels of M whose *chessboard* distance to the nearest pixel
+outside M is at most d (erosion by a 3x3 square kernel iterated d times, as in the paper's reference code). As in
+that code the image border counts as a contour: outside the image is background, so a mask cut by the border has a
+boundary along it (the reference code pads the mask with a ring of zeros before eroding; here a constant border
+does the same). ``d = max(1, round(dilation_ratio * image diagonal))`` with the paper's default ratio 0.02: d = 2
+at 64 px, 4 at 128 px, 6 at 224 px. Per class c, with G and P the ground-truth and predicted masks of c,
+``Boundary IoU_c = |B(G) ∩ B(P)| / |B(G) ∪ B(P)|``; over a dataset, the intersections and the unions are summed
+first. A non-empty mask always has a non-empty boundary, so Boundary IoU is undefined (NaN) exactly where IoU is.
+:class:`SegmentationAccumulator` streams batches into dataset-level figures (torchmetrics style: ``update``,
+``compute``, ``reset``): IoU and Boundary IoU per class from counts summed over the dataset, pixel accuracy, and
+the mean of per-image IoU.
+
 The Tensorleap engine calls every metric and the loss separately on the same sample: what they share (validation,
 class planes, counts, per-pixel loss) is computed once per distinct content, in a small per-process memo keyed by
 the arrays' bytes (two samples at most); every function still returns new arrays of its own.
@@ -33,6 +47,10 @@ Policies
   1e-3 otherwise); anything else is taken as logits and goes through a numerically stable softmax. The metrics
   use only the argmax, which is the same either way; the choice matters for the loss and the probabilities.
 * **Ground truth** must be finite and one-hot (values 0 or 1, at most one 1 per pixel), else ``ValueError``.
+* **Boundary IoU** follows the same rules: a class's ground-truth mask holds its labelled pixels, its predicted
+  mask the labelled pixels whose valid prediction's argmax is the class. Ignored pixels are in neither mask (so
+  what is predicted there never changes a result, and the edge of an ignored region is a contour of both sides
+  alike), and a NaN/Inf pixel is in no predicted mask (a hole, with a contour around it).
 
 Besides the metrics, the per-pixel pieces they are built from are public, for the visualizers and the analyses:
 :func:`predicted_labels`, :func:`ground_truth_labels`, :func:`label_pairs`, :func:`to_probabilities` and its
@@ -40,6 +58,7 @@ class-first twin :func:`class_probabilities`. They follow the same policies and 
 """
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import cv2
@@ -48,9 +67,15 @@ import numpy as np
 from coco_seg.content_memo import ContentMemo, MemoEntry, read_only
 
 __all__ = [
+    "DEFAULT_DILATION_RATIO",
     "DEFAULT_EPS",
     "MAX_LABEL_CLASSES",
     "MAX_LABEL_PAIR_CLASSES",
+    "SegmentationAccumulator",
+    "SegmentationScores",
+    "boundary_counts",
+    "boundary_iou_per_class",
+    "boundary_width",
     "by_class_name",
     "class_probabilities",
     "confusion_counts",
@@ -75,6 +100,9 @@ MAX_LABEL_CLASSES = 256
 
 MAX_LABEL_PAIR_CLASSES = 255
 """Most classes :func:`label_pairs` takes: its codes, up to ``(K + 1)^2 - 1``, must fit a uint16."""
+
+DEFAULT_DILATION_RATIO = 0.02
+"""Boundary IoU's boundary width as a share of the image diagonal (the paper's default)."""
 
 _ATOL_FLOAT16 = 1e-2
 _ATOL_DEFAULT = 1e-3
@@ -535,6 +563,134 @@ def _class_counts(pair: _Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tp.T, in_gt.T, predicted.T
 
 
+# Boundary IoU. B(M) = M - erode(M, d) with the paper's 3x3 square iterated d times, which is one erosion by the
+# (2d+1)-square (their Minkowski sum; OpenCV makes the same substitution for an iterated all-ones kernel): a pixel
+# of M is on the boundary when a pixel within chessboard distance d is outside M, the image's outside included.
+#
+# Speed. The classes' masks of one side (ground truth or prediction) are disjoint, so the boundaries of all K classes
+# are found at once on the side's label map: p lies in B(M_L(p)) exactly when the labels within distance d of p are
+# not all equal, i.e. where the morphological gradient (dilation - erosion) of the labels is not 0. Pixels in no mask
+# (ignored ones; a NaN/Inf prediction) take a label of their own, K ("none", never counted). The border value 255 makes
+# any window that reaches outside the image unequal (its dilation is 255, above every class label), and so does a
+# row of 255 between two label maps: the maps of both sides of every sample of a batch, stacked with such rows
+# between them, go through one gradient call. Above 255 classes (a class label and "none" would not fit a uint8)
+# each class's mask is eroded instead. Either way a side's boundary map, intersected with a class's mask, is that
+# class's boundary region; the counts of all classes and samples are tallied in one cv2.reduce.
+_BOUNDARY_LABEL_MAX_CLASSES = 255
+_SQUARE_KERNELS: dict[int, np.ndarray] = {}
+
+
+def _check_dilation_ratio(dilation_ratio) -> float:
+    if isinstance(dilation_ratio, (bool, np.bool_)) or not isinstance(dilation_ratio, (int, float, np.integer,
+                                                                                       np.floating)):
+        raise ValueError(f"dilation_ratio must be a real number >= 0; got {dilation_ratio!r}")
+    if not (math.isfinite(dilation_ratio) and dilation_ratio >= 0):
+        raise ValueError(f"dilation_ratio must be a finite number >= 0; got {dilation_ratio!r}")
+    return float(dilation_ratio)
+
+
+def _boundary_width(height: int, width: int, dilation_ratio: float) -> int:
+    """d of a checked ratio: ``max(1, round(ratio * diagonal))`` (Python's round, as the paper's code), capped at the
+    longer side (beyond it every mask pixel is boundary already, so the cap changes nothing)."""
+    d = max(1, int(round(dilation_ratio * math.hypot(height, width))))
+    return min(d, max(height, width, 1))
+
+
+def _square_kernel(d: int) -> np.ndarray:
+    """The (2d+1)-square of ones: the 3x3 square iterated d times (read-only, shared)."""
+    kernel = _SQUARE_KERNELS.get(d)
+    if kernel is None:
+        kernel = _SQUARE_KERNELS.setdefault(d, read_only(np.ones((2 * d + 1, 2 * d + 1), np.uint8)))
+    return kernel
+
+
+def _predicted_masks(pair: _Pair) -> np.ndarray:
+    """(K, N*S, S) masks (255 = set): where each class is predicted at a labelled pixel with a valid prediction."""
+    masks = _argmax_masks(pair.scores, pair.invalid)
+    if not pair.all_labelled:
+        masks &= pair.labelled
+    return masks
+
+
+def _label_boundary_maps(gt_labels: np.ndarray, predicted_labels: np.ndarray, n: int, d: int) -> np.ndarray:
+    """(2, N*S, S) bool: where the (N*S, S) uint8 label map of each side is on a boundary (labels within chessboard
+    distance d not all equal, or that distance reaching outside the image), both sides of all samples in one call."""
+    rows, w = gt_labels.shape
+    h = rows // n
+    stack = np.empty((2, n, h + 1, w), np.uint8)
+    stack[:, :, h] = 255  # a row of "outside" below each map
+    stack[0, :, :h] = gt_labels.reshape(n, h, w)
+    stack[1, :, :h] = predicted_labels.reshape(n, h, w)
+    gradient = cv2.morphologyEx(stack.reshape(-1, w), cv2.MORPH_GRADIENT, _square_kernel(d),
+                                borderType=cv2.BORDER_CONSTANT, borderValue=255).reshape(2, n, h + 1, w)
+    return gradient[:, :, :h].reshape(2, rows, w) != 0
+
+
+def _mask_boundary_maps(gt_masks: np.ndarray, predicted: np.ndarray, n: int, d: int) -> np.ndarray:
+    """(2, N*S, S) bool: the union of B(M) over each side's (K, N*S, S) disjoint masks, one erosion per non-empty
+    mask of each sample (border value 0: the outside of the image is outside every mask)."""
+    kernel = _square_kernel(d)
+    maps = np.zeros((2, *gt_masks.shape[1:]), bool)
+    for side, masks in enumerate((gt_masks, predicted)):
+        for sample_rows in _sample_rows(n, masks.shape[1]):
+            for mask in masks[:, sample_rows]:
+                if cv2.countNonZero(mask):
+                    eroded = cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+                    maps[side, sample_rows] |= mask != eroded  # the eroded mask lies inside the mask
+    return maps
+
+
+def _boundary_counts(sample: "_Sample", dilation_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) int64 |B(G) ∩ B(P)| and |B(G) ∪ B(P)| of a checked sample (read-only, memoised per width d)."""
+    pair = sample.pair()  # validates first
+    n, k = pair.n, pair.k
+    rows, w = pair.labelled.shape
+    d = _boundary_width(rows // n if n else 0, w, dilation_ratio)
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        if not pair.labelled.size:
+            return read_only(np.zeros((n, k), np.int64)), read_only(np.zeros((n, k), np.int64))
+        # (3, K, N*S, S) 0/1: each class's boundary region on the ground-truth side, on the predicted side, and both
+        regions = np.empty((3, k, rows, w), np.uint8)
+        if k <= _BOUNDARY_LABEL_MAX_CLASSES:
+            none = np.uint8(k)  # the label of "no class": above every class label, so np.maximum sets it
+            gt_labels, predicted_labels = _gt_labels(sample.memo, pair), pair.prediction.labels()
+            if pair.invalid is not None:
+                predicted_labels = np.maximum(predicted_labels, pair.invalid & none)  # label 0 there
+            if not pair.all_labelled:
+                ignored = ~pair.labelled & none
+                gt_labels, predicted_labels = np.maximum(gt_labels, ignored), np.maximum(predicted_labels, ignored)
+            np.equal(predicted_labels, np.arange(k, dtype=np.uint8)[:, None, None], out=regions[1].view(bool))
+            maps = _label_boundary_maps(gt_labels, predicted_labels, n, d)
+        else:
+            regions[1] = _predicted_masks(pair)  # 255 = set
+            maps = _mask_boundary_maps(pair.gt_masks, regions[1], n, d)
+        maps = maps.view(np.uint8)  # 0/1
+        np.bitwise_and(pair.gt_masks, maps[0], out=regions[0])
+        np.bitwise_and(regions[1], maps[1], out=regions[1])
+        np.bitwise_and(regions[0], regions[1], out=regions[2])
+        sums = cv2.reduce(regions.reshape(3 * k * n, rows // n * w), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+        in_gt, in_predicted, common = sums.astype(np.int64).reshape(3, k, n).transpose(0, 2, 1)
+        return read_only(common.copy()), read_only(in_gt + in_predicted - common)
+
+    return sample.memo.get(("boundary counts", d), compute)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """float64 ``numerator / denominator`` of counts, NaN where the denominator is 0 (no warning)."""
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    out = np.full(np.broadcast_shapes(numerator.shape, denominator.shape), np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values as a float (np.nanmean's result), NaN when there is none (no warning)."""
+    values = np.asarray(values, np.float64)
+    defined = values[~np.isnan(values)]
+    return float(np.mean(defined)) if defined.size else math.nan
+
+
 def _default_atol(prediction: np.ndarray, atol: float | None) -> float:
     if atol is not None:
         return float(atol)
@@ -839,6 +995,73 @@ def confusion_counts(ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[
     return tp.copy(), predicted - tp, in_gt - tp
 
 
+def boundary_width(height: int, width: int, *, dilation_ratio: float = DEFAULT_DILATION_RATIO) -> int:
+    """The boundary width d, in pixels, that Boundary IoU uses on a ``height`` x ``width`` image.
+
+    Args:
+        height, width: the image size (S, S for the (N, S, S, K) arrays of the metrics).
+        dilation_ratio: keyword-only share of the image diagonal (finite, >= 0; the paper's 0.02 by default).
+
+    Returns:
+        ``max(1, round(dilation_ratio * sqrt(height^2 + width^2)))``, capped at the longer side: 2 at 64 px, 4 at
+        128 px, 6 at 224 px for the default ratio.
+
+    Raises:
+        ValueError: ``dilation_ratio`` is negative, NaN, infinite or not a number.
+    """
+    return _boundary_width(int(height), int(width), _check_dilation_ratio(dilation_ratio))
+
+
+def boundary_counts(ground_truth: np.ndarray, prediction: np.ndarray, *,
+                    dilation_ratio: float = DEFAULT_DILATION_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample, per-class intersection and union of the boundary regions (the counts of Boundary IoU).
+
+    Args:
+        ground_truth: (N, S, S, K) one-hot (all-zero pixels are ignored).
+        prediction: (N, S, S, K) logits or probabilities, any real dtype (float16 included).
+        dilation_ratio: keyword-only boundary width as a share of the image diagonal (see :func:`boundary_width`).
+
+    Returns:
+        ``(intersection, union)``, each (N, K) int64: ``|B(G) ∩ B(P)|`` and ``|B(G) ∪ B(P)|`` where, for class c of
+        a sample, G is its ground-truth mask, P its predicted mask (argmax; NaN/Inf pixels predict no class),
+        both over the labelled pixels only, and ``B(M) = M - erode(M, d)`` (chessboard distance <= d to a pixel
+        outside M, the outside of the image included; see the module docstring). Summed over samples they give
+        the dataset-level Boundary IoU ``sum(intersection) / sum(union)``. The union is 0 exactly for a class
+        absent from both the ground truth and the prediction.
+
+    Raises:
+        ValueError: bad shapes (not 4-D, different shapes, K < 2), a ground truth that is not finite one-hot, or a
+            bad ``dilation_ratio``.
+    """
+    dilation_ratio = _check_dilation_ratio(dilation_ratio)
+    intersection, union = _boundary_counts(_sample(ground_truth, prediction), dilation_ratio)
+    return intersection.copy(), union.copy()
+
+
+def boundary_iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray, *,
+                           dilation_ratio: float = DEFAULT_DILATION_RATIO) -> np.ndarray:
+    """Boundary IoU (Cheng et al., CVPR 2021) of every class of every sample.
+
+    Args:
+        ground_truth: (N, S, S, K) one-hot (all-zero pixels are ignored: in neither mask).
+        prediction: (N, S, S, K) logits or probabilities, any real dtype (float16 included); a pixel whose vector
+            holds NaN/Inf predicts no class.
+        dilation_ratio: keyword-only boundary width as a share of the image diagonal; d = max(1, round(ratio x
+            diagonal)) pixels, 4 at 128 px for the default 0.02 (see :func:`boundary_width`).
+
+    Returns:
+        (N, K) float64 ``|B(G) ∩ B(P)| / |B(G) ∪ B(P)|`` (see :func:`boundary_counts`), in [0, 1]: 1 for identical
+        masks, 0 for masks whose boundary regions do not meet; NaN for a class absent from both the ground truth
+        and the prediction of that sample (both boundaries empty), like :func:`iou_per_class`.
+
+    Raises:
+        ValueError: bad shapes (not 4-D, different shapes, K < 2), a ground truth that is not finite one-hot, or a
+            bad ``dilation_ratio``.
+    """
+    intersection, union = _boundary_counts(_sample(ground_truth, prediction), _check_dilation_ratio(dilation_ratio))
+    return _ratio(intersection, union)
+
+
 def iou_per_class(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """Intersection over union of every class of every sample.
 
@@ -988,3 +1211,134 @@ def by_class_name(values: np.ndarray, class_names) -> dict[str, np.ndarray]:
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class_names must be unique; got {class_names}")
     return {name: np.ascontiguousarray(values[:, k], dtype=np.float32) for k, name in enumerate(class_names)}
+
+
+# ----------------------------------------------------------------------------------------------- accumulator
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Dataset-level figures of a :class:`SegmentationAccumulator` (see :meth:`SegmentationAccumulator.compute`).
+
+    Per-class arrays are (K,), in class order (background first); NaN marks an undefined value, never 0."""
+
+    samples: int                        # images seen
+    iou: np.ndarray                     # (K,) float64 sum TP / sum (TP + FP + FN); NaN: in neither GT nor prediction
+    mean_iou: float                     # mean of the defined ``iou`` values; NaN when none is
+    pixel_accuracy: float               # correct / labelled pixels over the dataset; NaN when no pixel is labelled
+    mean_per_image_iou: float           # mean over images of their mean IoU (images with no labelled pixel left out)
+    boundary_iou: np.ndarray            # (K,) float64 sum |B(G) ∩ B(P)| / sum |B(G) ∪ B(P)|; NaN as for ``iou``
+    mean_boundary_iou: float            # mean of the defined ``boundary_iou`` values; NaN when none is
+    true_positives: np.ndarray          # (K,) int64 pixel counts summed over the dataset ...
+    false_positives: np.ndarray
+    false_negatives: np.ndarray
+    boundary_intersection: np.ndarray   # (K,) int64 ... and the boundary counts
+    boundary_union: np.ndarray
+    dilation_ratio: float               # the boundary width's share of the image diagonal
+
+
+class SegmentationAccumulator:
+    """Dataset-level segmentation metrics accumulated batch by batch (torchmetrics style).
+
+    ``update(ground_truth, prediction)`` adds a batch, ``compute()`` returns the figures of everything added so far
+    as :class:`SegmentationScores`, ``reset()`` starts again. Only (K,) counts and two numbers are kept, so a split of
+    any size streams through in constant memory. Every rule is the functional metrics' (one implementation: the
+    same validated, memoised sample as :func:`confusion_counts`, :func:`mean_iou` and :func:`boundary_counts`):
+    all-zero ground-truth pixels are ignored, a pixel whose prediction holds NaN/Inf predicts no class (a false
+    negative of its ground-truth class), logits and probabilities give the same argmax, any real dtype (float16
+    included) is accepted.
+
+    Dataset-level IoU and Boundary IoU sum the counts over the dataset first (large images and large objects weigh
+    more, as in the reference tables); ``mean_per_image_iou`` weighs every image equally. Not thread-safe: one
+    accumulator per thread.
+
+    Args:
+        num_classes: K, checked against every batch; None: taken from the first batch.
+        dilation_ratio: keyword-only boundary width of Boundary IoU (see :func:`boundary_width`).
+
+    Raises:
+        ValueError: ``num_classes`` < 2 or a bad ``dilation_ratio``.
+    """
+
+    def __init__(self, num_classes: int | None = None, *, dilation_ratio: float = DEFAULT_DILATION_RATIO):
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                        or num_classes < 2):
+            raise ValueError(f"num_classes must be an integer >= 2 (background + at least one class) or None; "
+                             f"got {num_classes!r}")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.dilation_ratio = _check_dilation_ratio(dilation_ratio)
+        self._fixed_classes = num_classes is not None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch added (and, when it was taken from a batch, K)."""
+        if not self._fixed_classes:
+            self.num_classes = None
+        self._samples = 0
+        self._counts = None if self.num_classes is None else np.zeros((5, self.num_classes), np.int64)
+        self._per_image_sum = 0.0  # float64 sum of the images' (float32) mean IoU ...
+        self._per_image_count = 0  # ... over the images that have one
+
+    def update(self, ground_truth: np.ndarray, prediction: np.ndarray) -> None:
+        """Add a batch.
+
+        Args:
+            ground_truth: (N, S, S, K) one-hot (all-zero pixels are ignored), N >= 0.
+            prediction: (N, S, S, K) logits or probabilities (any real dtype, float16 included).
+
+        Raises:
+            ValueError: bad shapes, a ground truth that is not finite one-hot, or K differing from ``num_classes``
+                (or from the first batch's). Nothing is added then.
+        """
+        sample = _sample(ground_truth, prediction)
+        k = sample.ground_truth.shape[-1]
+        if self.num_classes is not None and k != self.num_classes:
+            raise ValueError(f"this accumulator holds K = {self.num_classes} classes; got a batch of shape "
+                             f"{sample.ground_truth.shape}")
+        tp, in_gt, predicted = sample.counts()  # validates first: a bad batch adds nothing
+        per_image = sample.ratios()["mean_iou"]
+        intersection, union = _boundary_counts(sample, self.dilation_ratio)
+        batch = np.stack([tp.sum(axis=0), (predicted - tp).sum(axis=0), (in_gt - tp).sum(axis=0),
+                          intersection.sum(axis=0), union.sum(axis=0)])
+        if self._counts is None:
+            self.num_classes, self._counts = k, np.zeros((5, k), np.int64)
+        self._counts += batch
+        self._samples += sample.ground_truth.shape[0]
+        defined = per_image[~np.isnan(per_image)]
+        self._per_image_sum += float(defined.sum(dtype=np.float64))
+        self._per_image_count += int(defined.size)
+
+    @staticmethod
+    def iou_from_counts(true_positives: np.ndarray, false_positives: np.ndarray,
+                        false_negatives: np.ndarray) -> np.ndarray:
+        """float64 ``TP / (TP + FP + FN)`` of counts of any shape (e.g. (K,) summed over a dataset), NaN where the
+        union is 0 (a class in neither the ground truth nor the prediction): the rule of :meth:`compute`."""
+        true_positives = np.asarray(true_positives)
+        return _ratio(true_positives, true_positives + np.asarray(false_positives) + np.asarray(false_negatives))
+
+    def compute(self) -> SegmentationScores:
+        """The dataset-level figures of every batch added since the last reset.
+
+        Returns:
+            :class:`SegmentationScores`: per class (K,) float64 IoU and Boundary IoU (NaN for a class in neither the
+            ground truth nor the prediction of any sample), their means over the defined classes, the pixel
+            accuracy over the labelled pixels, the mean of per-image mean IoU, and the summed counts. With nothing
+            added: zero counts, NaN figures, (K,) arrays ((0,) while K is unknown).
+        """
+        k = self.num_classes or 0
+        counts = self._counts if self._counts is not None else np.zeros((5, k), np.int64)
+        tp, fp, fn, intersection, union = (row.copy() for row in counts)
+        iou = self.iou_from_counts(tp, fp, fn)
+        boundary_iou = _ratio(intersection, union)
+        labelled = int((tp + fn).sum())
+        return SegmentationScores(
+            samples=self._samples,
+            iou=iou,
+            mean_iou=_nanmean(iou),
+            pixel_accuracy=int(tp.sum()) / labelled if labelled else math.nan,
+            mean_per_image_iou=self._per_image_sum / self._per_image_count if self._per_image_count else math.nan,
+            boundary_iou=boundary_iou,
+            mean_boundary_iou=_nanmean(boundary_iou),
+            true_positives=tp, false_positives=fp, false_negatives=fn,
+            boundary_intersection=intersection, boundary_union=union,
+            dilation_ratio=self.dilation_ratio,
+        )

@@ -511,7 +511,9 @@ def all_results(gt, pred) -> dict:
             "mean_dice": metrics.mean_dice(gt, pred), "accuracy": metrics.pixel_accuracy(gt, pred),
             "pixel_loss": metrics.pixel_cross_entropy(gt, pred), "loss": metrics.cross_entropy_loss(gt, pred),
             "pixel_loss_eps": metrics.pixel_cross_entropy(gt, pred, eps=1e-3),
-            "probabilities": metrics.to_probabilities(pred)}
+            "probabilities": metrics.to_probabilities(pred),
+            "boundary_iou": metrics.boundary_iou_per_class(gt, pred),
+            "boundary_counts": metrics.boundary_counts(gt, pred, dilation_ratio=0.3)}
 
 
 def uncached_results(gt, pred) -> dict:
