@@ -140,13 +140,13 @@ def polygon_checks(polygons: Sequence[Any], widths: Sequence[int], heights: Sequ
     candidate = (lengths >= 6) & (lengths <= MAX_POLYGON_COORDINATES) & (lengths % 2 == 0)
     fast = np.flatnonzero(candidate)
     chosen = [polygons[i] for i in fast.tolist()] if len(fast) < count else list(polygons)
-    if chosen and not set(map(type, chain.from_iterable(chosen))) <= _NUMBER_TYPES:
+    if chosen and not set(map(type, chain.from_iterable(chosen))) <= _NUMBER_TYPES:  # bool, str, None, lists
         kept = np.array([set(map(type, polygon)) <= _NUMBER_TYPES for polygon in chosen], bool)
         fast = fast[kept]
         chosen = [polygon for polygon, keep in zip(chosen, kept.tolist()) if keep]
     usable = np.zeros(count, bool)
     if chosen:
-        points = np.array(list(chain.from_iterable(chosen)), np.float64).reshape(-1, 2)
+        points = np.fromiter(chain.from_iterable(chosen), np.float64, int(lengths[fast].sum())).reshape(-1, 2)
         counts = lengths[fast] // 2
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         following = np.arange(1, len(points) + 1)

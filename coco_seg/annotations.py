@@ -175,31 +175,35 @@ def scan_annotations(config: Config, name: str, annotations_path: Path) -> Annot
                                              source=annotations_path)
     annotations_of: dict[Any, list[dict]] = {}  # image id → its annotations, in file order
     with_class: set = set()  # images with an annotation of a target class
-    image_of_annotation: dict[int, list[Any]] = {}  # annotation id → the images that hold it (twice = a fault)
+    first_image_of: dict[int, Any] = {}  # annotation id → the image of its first use
+    reused: dict[int, list[Any]] = {}  # annotation id → every image that uses it, when more than one annotation does
     for position, annotation in enumerate(dataset["annotations"]):
-        if not isinstance(annotation, dict):
+        if type(annotation) is not dict:
             ignored.append(f"annotations[{position}] is not an object (got {str(annotation)[:60]})")
             continue
         image_id = annotation.get("image_id")
-        owned = annotations_of.get(image_id) if is_int(image_id) else None
+        owned = annotations_of.get(image_id) if type(image_id) is int else None
         if owned is None:
-            if not is_int(image_id) or image_id not in images:
+            if type(image_id) is not int or image_id not in images:
                 ignored.append(f"annotation {annotation.get('id')!r} (annotations[{position}]) refers to image id "
                                f"{image_id!r}, which is not an image of 'images'")
                 continue
             owned = annotations_of[image_id] = []
         owned.append(annotation)
         annotation_id = annotation.get("id")
-        if is_int(annotation_id):
-            image_of_annotation.setdefault(annotation_id, []).append(image_id)
-        if annotation.get("category_id") in class_of_category and is_int(annotation.get("category_id")):
+        if type(annotation_id) is int:
+            known = len(first_image_of)
+            first_image_of.setdefault(annotation_id, image_id)
+            if len(first_image_of) == known:  # the id was there already: a second use
+                reused.setdefault(annotation_id, [first_image_of[annotation_id]]).append(image_id)
+        category = annotation.get("category_id")
+        if type(category) is int and category in class_of_category:
             with_class.add(image_id)
-    for annotation_id, holders in image_of_annotation.items():
-        if len(holders) > 1:
-            for image_id in dict.fromkeys(holders):
-                image_faults.setdefault(image_id, []).append(
-                    f"annotation id {annotation_id} is used by {len(holders)} annotations (images "
-                    f"{', '.join(map(str, dict.fromkeys(holders)))})")
+    for annotation_id, holders in reused.items():
+        for image_id in dict.fromkeys(holders):
+            image_faults.setdefault(image_id, []).append(
+                f"annotation id {annotation_id} is used by {len(holders)} annotations (images "
+                f"{', '.join(map(str, dict.fromkeys(holders)))})")
     background_only = sorted(set(images) - with_class)
     keep = sorted(with_class | set(_evenly_spaced(background_only, round(config.background_share * len(with_class)))))
     sized = {image_id for image_id in keep if _has_size(images[image_id])}  # else that is the image's fault
