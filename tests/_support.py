@@ -1,5 +1,6 @@
 """Helpers shared by the tests (a plain module: a top-level `tests` package from site-packages may shadow ours)."""
 
+import base64
 import contextlib
 import os
 import tempfile
@@ -25,6 +26,16 @@ REAL_SPLITS = {
     "training": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
     "validation": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
 }
+
+# A 32x24 CMYK JPEG (Pillow wrote it: RGB (200, 40, 40) left half, (40, 60, 200) right half, converted to CMYK).
+# Embedded because Pillow is not a dependency and OpenCV cannot write CMYK.
+CMYK_JPEG = base64.b64decode(
+    "/9j/7gAOQWRvYmUAZAAAAAAA/9sAQwACAQEBAQECAQEBAgICAgIEAwICAgIFBAQDBAYFBgYGBQYGBgcJCAYHCQcGBggLCAkKCgoKCgYICwwLCg"
+    "wJCgoK/8AAFAgAGAAgBEMRAE0RAFkRAEsRAP/EAB8AAAEFAQEBAQEBAAAAAAAAAAABAgMEBQYHCAkKC//EALUQAAIBAwMCBAMFBQQEAAABfQEC"
+    "AwAEEQUSITFBBhNRYQcicRQygZGhCCNCscEVUtHwJDNicoIJChYXGBkaJSYnKCkqNDU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dX"
+    "Z3eHl6g4SFhoeIiYqSk5SVlpeYmZqio6Slpqeoqaqys7S1tre4ubrCw8TFxsfIycrS09TV1tfY2drh4uPk5ebn6Onq8fLz9PX29/j5+v/aAA4E"
+    "QwBNAFkASwAAPwD9IK/J+vyfr9/KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK//9"
+    "k=")
 
 requires_real_sample = pytest.mark.skipif(not REAL_SAMPLE.is_dir(),
                                           reason=f"real COCO sample not present at {REAL_SAMPLE} (CI has it)")

@@ -12,7 +12,6 @@ Rules under test (coco_seg/images.py):
   after the end marker (motion photos) is accepted and a cut file is not.
 """
 
-import base64
 import json
 import os
 import random
@@ -25,22 +24,12 @@ import numpy as np
 import pytest
 
 from coco_seg.images import JPEG_END, TAIL_BYTES, ImageDecodeError, decode_rgb, inspect_image_file
-from _support import REAL_SAMPLE, requires_real_sample
+from _support import CMYK_JPEG, REAL_SAMPLE, requires_real_sample
 
 CORRUPT = r"the JPEG data is corrupt \(libjpeg: (Corrupt JPEG data|Premature end of JPEG file)"
 JPEG_TRUNCATED = "JPEG file is truncated (no end-of-image marker after the image data)"
 JPEG_HEADER_TRUNCATED = "JPEG file is truncated (it ends before the image data)"
 PNG_TRUNCATED = "PNG file is truncated (no IEND chunk)"
-
-# The 32x24 CMYK JPEG of tests/test_reliability.py (Pillow wrote it; OpenCV cannot write CMYK).
-CMYK_JPEG = base64.b64decode(
-    "/9j/7gAOQWRvYmUAZAAAAAAA/9sAQwACAQEBAQECAQEBAgICAgIEAwICAgIFBAQDBAYFBgYGBQYGBgcJCAYHCQcGBggLCAkKCgoKCgYICwwLCg"
-    "wJCgoK/8AAFAgAGAAgBEMRAE0RAFkRAEsRAP/EAB8AAAEFAQEBAQEBAAAAAAAAAAABAgMEBQYHCAkKC//EALUQAAIBAwMCBAMFBQQEAAABfQEC"
-    "AwAEEQUSITFBBhNRYQcicRQygZGhCCNCscEVUtHwJDNicoIJChYXGBkaJSYnKCkqNDU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dX"
-    "Z3eHl6g4SFhoeIiYqSk5SVlpeYmZqio6Slpqeoqaqys7S1tre4ubrCw8TFxsfIycrS09TV1tfY2drh4uPk5ebn6Onq8fLz9PX29/j5+v/aAA4E"
-    "QwBNAFkASwAAPwD9IK/J+vyfr9/KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK//9"
-    "k=")
-
 
 # --- generated files -------------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ Covered elsewhere, not repeated here:
   (test_non_finite_predictions, test_nan_in_probability_sample_keeps_probability_detection).
 """
 
-import base64
 import json
 import logging
 import os
@@ -35,19 +34,10 @@ from coco_seg.encoders import encode_image, encode_label_mask, encode_mask, samp
 from coco_seg.images import HEAD_BYTES, inspect_image_file
 from coco_seg.metadata import metadata_names
 from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
-from _support import REPO_ROOT, corrupt_jpeg_middle, data_tree, write_config
+from _support import CMYK_JPEG, REPO_ROOT, corrupt_jpeg_middle, data_tree, write_config
 
 IMAGE_SIZE = 64
 
-# A 32x24 CMYK JPEG (Pillow wrote it: RGB (200, 40, 40) left half, (40, 60, 200) right half, converted to CMYK).
-# Embedded because Pillow is not a dependency and OpenCV cannot write CMYK.
-CMYK_JPEG = base64.b64decode(
-    "/9j/7gAOQWRvYmUAZAAAAAAA/9sAQwACAQEBAQECAQEBAgICAgIEAwICAgIFBAQDBAYFBgYGBQYGBgcJCAYHCQcGBggLCAkKCgoKCgYICwwLCg"
-    "wJCgoK/8AAFAgAGAAgBEMRAE0RAFkRAEsRAP/EAB8AAAEFAQEBAQEBAAAAAAAAAAABAgMEBQYHCAkKC//EALUQAAIBAwMCBAMFBQQEAAABfQEC"
-    "AwAEEQUSITFBBhNRYQcicRQygZGhCCNCscEVUtHwJDNicoIJChYXGBkaJSYnKCkqNDU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dX"
-    "Z3eHl6g4SFhoeIiYqSk5SVlpeYmZqio6Slpqeoqaqys7S1tre4ubrCw8TFxsfIycrS09TV1tfY2drh4uPk5ebn6Onq8fLz9PX29/j5+v/aAA4E"
-    "QwBNAFkASwAAPwD9IK/J+vyfr9/KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK/qAry+v5f6KKKKK/l/r1Cv6gKKKKKK//9"
-    "k=")
 PATTERN_SIZE = (32, 24)  # (width, height) of CMYK_JPEG and of every variant written from PATTERN
 PATTERN = np.zeros((24, 32, 3), np.uint8)
 PATTERN[:, :16] = (200, 40, 40)
