@@ -55,22 +55,11 @@ class Evaluation:
 
     def write_json(self, path: Path) -> None:
         """The fields as strictly valid JSON: an undefined figure (NaN) is written as null, never as NaN."""
-        write_json_atomically(path, _finite_or_none(asdict(self)))
+        write_json_atomically(path, asdict(self))
 
 
 def _cell(value: Optional[float]) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, ±Inf) replaced by None, through dicts, lists and tuples."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
 
 
 def _by_name(class_names: Sequence[str], values: np.ndarray) -> dict[str, Optional[float]]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from coco_seg.atomic import write_atomically as _write_atomically
+from coco_seg.atomic import write_atomically as _write_atomically, write_json_atomically
 from coco_seg.config import MODEL_SUFFIXES, ONNX_SUFFIX, Config
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def export_model(model: "keras.Model", out_dir: Path, *, card: dict[str, Any]) -
     paths = {"onnx": out_dir / ONNX_NAME, "h5": out_dir / H5_NAME, "card": out_dir / MODEL_CARD_NAME}
     _write_atomically(paths["onnx"], lambda temp: temp.write_bytes(onnx_bytes))
     _write_atomically(paths["h5"], lambda temp: model.save(temp))
-    _write_atomically(paths["card"], lambda temp: temp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_json_atomically(paths["card"], card)
     return paths
 
 

@@ -12,6 +12,7 @@ optimizer state) is written to ``checkpoints/last.keras``, the best by validatio
 """
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -255,7 +256,7 @@ class _EpochEnd(keras.callbacks.Callback):
                   "validation_iou": evaluation.iou, "seconds": round(time.monotonic() - self.started, 1)}
         checkpoints = self.out_dir / "checkpoints"
         save_model_atomically(self.model, checkpoints / LAST_NAME)  # before the state: it never runs ahead
-        if self.state.best_validation is None or evaluation.mean_iou > self.state.best_validation["mean_iou"]:
+        if _improves(evaluation.mean_iou, self.state.best_validation):
             save_model_atomically(self.model, checkpoints / BEST_NAME)
             self.state.best_epoch, self.state.best_validation = epoch + 1, asdict(evaluation)
         self.state.epochs_done = epoch + 1
@@ -264,6 +265,17 @@ class _EpochEnd(keras.callbacks.Callback):
         per_class = ", ".join(f"{n} {v:.3f}" for n, v in evaluation.iou.items() if v is not None and n != "background")
         self.log(f"epoch {epoch + 1}/{self.params['epochs']}: train loss {record['train_loss']:.4f}, "
                  f"validation mean IoU {evaluation.mean_iou:.3f} ({per_class}), {record['seconds']:.0f} s")
+
+
+def _improves(mean_iou: float, best: Optional[dict[str, Any]]) -> bool:
+    """Whether an epoch's validation mean IoU beats the best so far. An undefined figure (NaN in memory, null once
+    ``train_state.json`` was read back by a resume) is beaten by any defined one and beats nothing."""
+    if best is None:
+        return True
+    previous = best.get("mean_iou")
+    if previous is None or math.isnan(previous):
+        return not math.isnan(mean_iou)
+    return mean_iou > previous
 
 
 def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool = False,
