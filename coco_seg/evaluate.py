@@ -41,6 +41,22 @@ class Evaluation:
     boundary_iou: dict[str, Optional[float]] = field(default_factory=dict)
     mean_boundary_iou: float = math.nan
     boundary_dilation_ratio: float = metrics.DEFAULT_DILATION_RATIO  # boundary width / image diagonal
+    # samples with at least one labelled pixel (a decode placeholder has none), the labelled pixels, and those of
+    # them where the prediction held NaN or Inf (they count as predicting no class); None in older records
+    scored_samples: Optional[int] = None
+    labelled_pixels: Optional[int] = None
+    non_finite_pixels: Optional[int] = None
+
+    def degenerate(self) -> Optional[str]:
+        """Why these figures describe no model at all (nothing was scored, or every prediction was NaN/Inf);
+        None when they are real."""
+        if self.scored_samples == 0:
+            return (f"no sample of split {self.split} could be scored: none of its {self.samples} samples has a "
+                    f"labelled pixel (every one failed to decode; they are listed in the split's bad-sample report)")
+        if self.labelled_pixels and self.non_finite_pixels == self.labelled_pixels:
+            return (f"the model's output is NaN or Inf at every one of the {self.labelled_pixels} labelled pixels of "
+                    f"split {self.split}: it predicts nothing (a diverged or broken model)")
+        return None
 
     def table(self) -> str:
         names = [n for n in self.class_names if n != "background"]
@@ -88,9 +104,14 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
     # predictions count as in the engine
     accumulator = metrics.SegmentationAccumulator(len(class_names))
     sample_ids = split.sample_ids
-    done = 0
+    done = scored = labelled_pixels = non_finite_pixels = 0
     for images, ground_truth in batches(split, sample_ids, batch_size=batch_size):
-        accumulator.update(ground_truth, predict(images))
+        prediction = predict(images)
+        accumulator.update(ground_truth, prediction)
+        labelled = ground_truth.any(axis=-1)  # (B, S, S)
+        scored += int(labelled.any(axis=(1, 2)).sum())
+        labelled_pixels += int(labelled.sum())
+        non_finite_pixels += int((~np.isfinite(np.asarray(prediction)).all(axis=-1) & labelled).sum())
         done += len(images)
         if progress:
             progress(done, len(sample_ids))
@@ -106,6 +127,9 @@ def evaluate_split(predict: Callable[[np.ndarray], np.ndarray], split: SplitData
         boundary_iou=_by_name(class_names, scores.boundary_iou),
         mean_boundary_iou=scores.mean_boundary_iou,
         boundary_dilation_ratio=scores.dilation_ratio,
+        scored_samples=scored,
+        labelled_pixels=labelled_pixels,
+        non_finite_pixels=non_finite_pixels,
     )
 
 

@@ -192,3 +192,37 @@ def test_decoded_store_is_bounded_and_equals_the_encoders(small_config):
     first, _ = store.get(0)
     first[:] = 7.0
     np.testing.assert_array_equal(store.get(0)[0], encode_image(split, split.sample_ids[0]))
+
+
+def test_evaluation_names_a_model_that_outputs_nan_instead_of_averaging_it(small_config):
+    split = load_labeled_split(small_config, "validation", data_root=small_config.data_root)
+    pixels = len(split.sample_ids) * IMAGE_SIZE ** 2
+    broken = evaluate_split(lambda images: np.full(images.shape[:3] + (3,), np.nan, np.float32), split)
+    assert (broken.scored_samples, broken.labelled_pixels, broken.non_finite_pixels) == (
+        len(split.sample_ids), pixels, pixels)
+    assert broken.degenerate() == (f"the model's output is NaN or Inf at every one of the {pixels} labelled pixels "
+                                   f"of split validation: it predicts nothing (a diverged or broken model)")
+
+    def one_inf_row(images):
+        logits = np.tile(np.array([10.0, 0.0, 0.0], np.float32), images.shape[:3] + (1,))
+        logits[:, 0, :, 1] = np.inf
+        return logits
+    partly = evaluate_split(one_inf_row, split)
+    assert partly.non_finite_pixels == len(split.sample_ids) * IMAGE_SIZE and partly.degenerate() is None
+
+
+def test_evaluation_of_a_split_whose_every_sample_failed_is_refused(small_config, monkeypatch):
+    from coco_seg import evaluate
+
+    split = load_labeled_split(small_config, "validation", data_root=small_config.data_root)
+    real_batches = evaluate.batches
+
+    def placeholders(*args, **kwargs):  # what every sample looks like when every file fails to decode
+        for images, ground_truth in real_batches(*args, **kwargs):
+            yield np.full_like(images, -1.0), np.zeros_like(ground_truth)
+    monkeypatch.setattr(evaluate, "batches", placeholders)
+    failed = evaluate_split(lambda images: np.zeros(images.shape[:3] + (3,), np.float32), split)
+    assert failed.scored_samples == 0 and failed.labelled_pixels == 0
+    assert failed.degenerate() == (f"no sample of split validation could be scored: none of its "
+                                   f"{len(split.sample_ids)} samples has a labelled pixel (every one failed to "
+                                   f"decode; they are listed in the split's bad-sample report)")
