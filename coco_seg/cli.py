@@ -60,8 +60,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config()
     weights = args.class_weights
-    if weights is not None and weights != "median-frequency":
-        weights = tuple(float(w) for w in weights.split(","))
+    if weights == "none":
+        weights = None  # plain cross-entropy
+    elif weights != "median-frequency":
+        try:
+            weights = tuple(float(w) for w in weights.split(","))
+        except ValueError:
+            raise ValueError(f"--class-weights takes median-frequency, none or one number per class separated by "
+                             f"commas, got {args.class_weights!r}") from None
     options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            encoder_weights=args.encoder_weights, alpha=args.alpha, fine_tune=args.fine_tune,
                            augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
@@ -83,7 +89,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(Path(args.model))
     check_model_matches_config(model, config, model_path=Path(args.model))
     evaluation = evaluate_model(model, config, split_name=args.split)
+    degenerate = evaluation.degenerate()
+    if degenerate:
+        raise ValueError(degenerate + "; no figures written")
     print(evaluation.table())
+    if evaluation.non_finite_pixels:
+        print(f"coco-seg evaluate: warning: the model's output is NaN or Inf at {evaluation.non_finite_pixels} of "
+              f"{evaluation.labelled_pixels} labelled pixels; they count as predicting no class", file=sys.stderr)
+    if evaluation.scored_samples is not None and evaluation.scored_samples < evaluation.samples:
+        print(f"coco-seg evaluate: warning: {evaluation.samples - evaluation.scored_samples} of {evaluation.samples} "
+              f"samples have no labelled pixel (failed to decode; see the split's bad-sample report) and are not "
+              f"scored", file=sys.stderr)
     if args.json:
         evaluation.write_json(Path(args.json))
         print(f"wrote {args.json}")
@@ -188,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
     train.add_argument("--fine-tune", action="store_true", help="train the encoder too (frozen by default)")
     train.add_argument("--no-augment", action="store_true", help="no flip / scale-crop augmentation")
-    train.add_argument("--class-weights", metavar="W0,W1,...|median-frequency",
-                       help="cross-entropy weight per class, background first; median-frequency: computed from the "
-                            "training split's pixel frequencies at the start (recorded in train_state.json)")
+    train.add_argument("--class-weights", metavar="median-frequency|none|W0,W1,...", default="median-frequency",
+                       help="cross-entropy weight per class: median-frequency (default) computes them from the "
+                            "training split's pixel frequencies at the start (recorded in train_state.json); none: "
+                            "plain cross-entropy; or one weight per class, background first")
     train.add_argument("--dice-weight", type=float, default=0.0, help="add this × (1 - soft dice) to the loss")
     train.add_argument("--boundary-weight", type=float, default=0.0,
                        help="pixels on a ground-truth class boundary weigh 1 + this in the cross-entropy")

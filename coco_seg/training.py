@@ -57,9 +57,10 @@ class TrainOptions:
     alpha: float = 1.0
     fine_tune: bool = False
     augment: bool = True
-    # one per class, background first; or "median-frequency" (coco_seg.class_balance), computed from the training
-    # split at the start and recorded in train_state.json and the model card
-    class_weights: Union[tuple[float, ...], str, None] = None
+    # "median-frequency" (coco_seg.class_balance; the default, chosen by the README's ablation), computed from the
+    # training split at the start and recorded in train_state.json and the model card; one weight per class,
+    # background first; or None for plain cross-entropy
+    class_weights: Union[tuple[float, ...], str, None] = class_balance.METHOD
     dice_weight: float = 0.0
     boundary_weight: float = 0.0  # pixels on a ground-truth class boundary weigh 1 + this in the cross-entropy
     seed: int = 0
@@ -295,6 +296,9 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
     if isinstance(options.class_weights, tuple) and len(options.class_weights) != config.num_classes:
         raise ValueError(f"class_weights needs {config.num_classes} values ({', '.join(config.class_names)}), "
                          f"got {len(options.class_weights)}")
+    if isinstance(options.class_weights, tuple) and not (
+            all(np.isfinite(w) and w >= 0 for w in options.class_weights) and any(w > 0 for w in options.class_weights)):
+        raise ValueError(f"class_weights must be finite numbers >= 0, not all 0, got {options.class_weights!r}")
 
     state = read_state(out_dir) if resume else None
     if resume and state is None:

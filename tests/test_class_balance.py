@@ -70,3 +70,36 @@ def test_training_with_median_frequency_records_the_weights_it_used(tmp_path, ge
     assert card["class_balance"]["weights"] == pytest.approx(list(expected))
     with pytest.raises(ValueError, match="class_weights must be 'median-frequency' or one number per class"):
         train(config, tmp_path / "other", TrainOptions(epochs=1, class_weights="inverse", encoder_weights="none"))
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("foo", "--class-weights takes median-frequency, none or one number per class separated by commas, got 'foo'"),
+    ("1,2", "class_weights needs 3 values (background, person, car), got 2"),
+    ("nan,1,1", "class_weights must be finite numbers >= 0, not all 0, got (nan, 1.0, 1.0)"),
+    ("1,-1,1", "class_weights must be finite numbers >= 0, not all 0, got (1.0, -1.0, 1.0)"),
+    ("0,0,0", "class_weights must be finite numbers >= 0, not all 0, got (0.0, 0.0, 0.0)"),
+    ("1e400,1,1", "class_weights must be finite numbers >= 0, not all 0, got (inf, 1.0, 1.0)"),
+])
+def test_train_refuses_unusable_class_weights_in_one_line(tmp_path, generated_root, capsys, given, message):
+    from coco_seg.cli import main
+
+    config = write_config(tmp_path, data_tree(generated_root) | {"image_size": 64})
+    code = main(["--config", str(config), "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--encoder-weights", "none", "--alpha", "0.35", "--class-weights", given])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"coco-seg train: error: {message}"
+    assert not (tmp_path / "run" / "train_state.json").exists()
+
+
+def test_median_frequency_is_the_default_and_none_means_plain_cross_entropy(tmp_path, generated_root):
+    from coco_seg.cli import build_parser, main
+    from coco_seg.training import STATE_NAME, TrainOptions
+
+    assert TrainOptions().class_weights == "median-frequency"
+    assert build_parser().parse_args(["train", "--out", "x"]).class_weights == "median-frequency"
+
+    config = write_config(tmp_path, data_tree(generated_root) | {"image_size": 64})
+    assert main(["--config", str(config), "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--encoder-weights", "none", "--alpha", "0.35", "--class-weights", "none"]) == 0
+    saved = json.loads((tmp_path / "run" / STATE_NAME).read_text())
+    assert saved["options"]["class_weights"] is None and saved["class_balance"] is None
