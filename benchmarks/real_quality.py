@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 REAL_SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "coco_sample"
 SEED_FIGURES = {"category": {"person": 0.309, "car": 0.262}, "supercategory": {"person": 0.319, "vehicle": 0.312}}
 LOSSES = {
-    "plain": {},
+    "plain": {"class_weights": None},  # spelt out: median-frequency is train's default
     "median-frequency": {"class_weights": "median-frequency"},
     "median-frequency+dice": {"class_weights": "median-frequency", "dice_weight": 0.5},
-    "dice": {"dice_weight": 0.5},
+    "dice": {"class_weights": None, "dice_weight": 0.5},
     "median-frequency+boundary": {"class_weights": "median-frequency", "boundary_weight": 2.0},
 }
 
