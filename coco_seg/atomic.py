@@ -1,11 +1,14 @@
 """Atomic file writes: a temporary file beside the target, renamed over it, so a reader (or a crash) never sees
 half a file. Every output of coco-seg — models, cards, reports, caches, analysis tables — goes through here."""
 
+import glob
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,90 @@ def write_json_atomically(path: Path, payload: Any, *, indent: int | None = 2) -
     """``payload`` as strict JSON (see :func:`strict_json`), written atomically."""
     text = json.dumps(strict_json(payload), indent=indent, separators=None if indent else (",", ":"), allow_nan=False)
     write_atomically(path, lambda temp: temp.write_text(text + "\n"))
+
+
+MANIFEST_NAME = ".coco-seg-files.json"  # inside an output folder: every file coco-seg wrote there
+
+
+class OutputFolderError(ValueError):
+    """An output folder cannot be written without touching files that coco-seg did not write."""
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if not path.is_dir())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _remove_orphans(target: Path) -> None:
+    """Temporaries of an earlier run on ``target`` that was killed (its process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)-[^/]*-coco-seg")
+    for orphan in target.parent.glob(f".{glob.escape(target.name)}.*-coco-seg"):
+        match = pattern.fullmatch(orphan.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def foreign_files(target: Path, *, known: Iterable[str] = ()) -> list[str]:
+    """Files in ``target`` that coco-seg did not write there: not in its manifest, nor among ``known`` (the names an
+    output written before manifests existed holds). [] for a folder that does not exist or is empty."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return []
+    if target.is_symlink() or not target.is_dir():
+        raise OutputFolderError(f"{target} is not a folder: refusing to replace it")
+    owned = {MANIFEST_NAME, *known}
+    manifest = target / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            owned |= set(json.loads(manifest.read_text())["files"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            pass  # an unreadable manifest vouches for nothing
+    return [name for name in _files_under(target) if name not in owned]
+
+
+def replace_folder(target: Path, build: Callable[[Path], None], *, known: Iterable[str] = ()) -> None:
+    """Write a whole output folder: ``build`` fills a temporary sibling, which then takes ``target``'s place.
+
+    A reader sees the previous folder or the new one, never a mix; a kill or a full disk during ``build`` leaves
+    the previous folder as it was (the temporary is removed, or, after a kill, by the next run on ``target``).
+    ``target`` may be absent, empty, or an earlier output of coco-seg (its manifest, or ``known`` names only);
+    anything else is refused with :class:`OutputFolderError` before anything is written, since replacing it would
+    delete files coco-seg did not write. The new folder's manifest lists every file ``build`` wrote.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(target)
+    foreign = foreign_files(target, known=known)
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputFolderError(f"refusing to write into {target}: it holds files coco-seg did not write ({listed}); "
+                                f"choose a new or empty folder, or move them away")
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-{os.getpid()}-",
+                                 suffix="-coco-seg"))
+    try:
+        build(temp)
+        write_json_atomically(temp / MANIFEST_NAME, {"files": _files_under(temp)})
+        os.chmod(temp, 0o755)  # mkdtemp creates 0700; an output folder is as readable as any other output
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-{os.getpid()}-",
+                                        suffix="-coco-seg"))
+            os.replace(target, old)  # onto the empty folder mkdtemp reserved
+            os.replace(temp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from coco_seg.atomic import write_atomically as _write_atomically, write_json_atomically
+from coco_seg.atomic import replace_folder, write_json_atomically
 from coco_seg.config import MODEL_SUFFIXES, ONNX_SUFFIX, Config
 
 if TYPE_CHECKING:
@@ -99,8 +99,9 @@ def export_model(model: "keras.Model", out_dir: Path, *, card: dict[str, Any]) -
 
     Both model files have the outputs ``[logits, decoder features]`` (:func:`with_features_output`).
 
-    Returns ``{"onnx": ..., "h5": ..., "card": ...}``. Each file is written to a temporary name in ``out_dir``
-    and renamed into place, so a failed export never leaves a half-written model behind.
+    Returns ``{"onnx": ..., "h5": ..., "card": ...}``. The folder is built beside ``out_dir`` and swapped in whole
+    (coco_seg.atomic.replace_folder): a failed or killed export leaves the previous export as it was, never a mix
+    of two; a folder holding files that coco-seg did not write is refused (OutputFolderError) untouched.
     """
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[3] != 3:
@@ -109,15 +110,16 @@ def export_model(model: "keras.Model", out_dir: Path, *, card: dict[str, Any]) -
     card = {**card, "outputs": [SEGMENTATION_OUTPUT, FEATURES_OUTPUT],
             "features_channels": int(model.output_shape[1][-1])}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {"onnx": ONNX_NAME, "h5": H5_NAME, "card": MODEL_CARD_NAME}
 
-    # Convert first: the conversion is the step most likely to fail, and nothing is written until it succeeded.
-    onnx_bytes = keras_to_onnx(model)
-    paths = {"onnx": out_dir / ONNX_NAME, "h5": out_dir / H5_NAME, "card": out_dir / MODEL_CARD_NAME}
-    _write_atomically(paths["onnx"], lambda temp: temp.write_bytes(onnx_bytes))
-    _write_atomically(paths["h5"], lambda temp: model.save(temp))
-    write_json_atomically(paths["card"], card)
-    return paths
+    def build(folder: Path) -> None:
+        (folder / ONNX_NAME).write_bytes(keras_to_onnx(model))
+        model.save(folder / H5_NAME)
+        write_json_atomically(folder / MODEL_CARD_NAME, card)
+
+    # the three files describe one model: they are built together in a temporary folder and swapped in at once
+    replace_folder(out_dir, build, known=names.values())
+    return {key: out_dir / name for key, name in names.items()}
 
 
 def load_model(path: Path) -> "onnxruntime.InferenceSession | keras.Model":

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coco_seg.atomic import MANIFEST_NAME, write_atomically as _write_atomically
 from coco_seg.config import load_config
 from coco_seg.export import (
     MODEL_CARD_NAME,
     ModelLoadError,
     ModelMismatchError,
-    _write_atomically,
     check_model_matches_config,
     export_model,
     load_checked_model,
@@ -169,7 +169,8 @@ def test_a_local_weights_file_initialises_the_encoder(tmp_path):
 def test_export_writes_onnx_h5_and_the_model_card(exported):
     assert set(exported) == {"onnx", "h5", "card"}
     folder = exported["onnx"].parent
-    assert sorted(p.name for p in folder.iterdir()) == ["model.h5", "model.onnx", MODEL_CARD_NAME]  # no temp files
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST_NAME, "model.h5", "model.onnx", MODEL_CARD_NAME]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temporaries beside it
     assert all(path.stat().st_size > 0 for path in exported.values())
     card = json.loads(exported["card"].read_text())
     assert card == {
