@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from coco_seg.atomic import replace_folder
 from coco_seg.categories import CATEGORY_BY_NAME, COCO_CATEGORIES, VEHICLE_TYPES
 
 SAMPLE_DIR_ENV_VAR = "COCO_SEG_SAMPLE_DIR"
@@ -707,18 +709,19 @@ def _write_json(path: Path, document: Any) -> None:
     path.write_text(json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
-def _clear_previous_sample(out_dir: Path) -> None:
-    """Regenerating over an earlier sample: drop its files so no stale image or label survives.
-
-    Only a folder that holds planted_defects.json (written by every make_sample) is treated as an earlier sample;
-    anything else in ``out_dir`` is left alone.
-    """
+def _earlier_sample_files(out_dir: Path) -> list[str]:
+    """The files an earlier make_sample wrote in ``out_dir`` before output folders had a manifest: recognised by
+    its planted_defects.json, listed from its annotation files. [] when ``out_dir`` holds no such sample."""
     if not (out_dir / PLANTED_DEFECTS_FILE).is_file():
-        return
-    for folder in SPLIT_FOLDERS.values():
-        shutil.rmtree(out_dir / folder, ignore_errors=True)
-    for name in (*ANNOTATION_FILES.values(), PLANTED_DEFECTS_FILE, COMPLETION_MARKER):
-        (out_dir / name).unlink(missing_ok=True)
+        return []
+    names = [*ANNOTATION_FILES.values(), PLANTED_DEFECTS_FILE, COMPLETION_MARKER]
+    for split, annotation_file in ANNOTATION_FILES.items():
+        try:
+            document = json.loads((out_dir / annotation_file).read_text(encoding="utf-8"))
+            names += [f"{SPLIT_FOLDERS[split]}/{image['file_name']}" for image in document["images"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # what cannot be listed is not vouched for: it counts as the user's
+    return names
 
 
 def _validate(images: int, seed: int, plant_defects: float, image_size: tuple[int, int] | None) -> None:
@@ -744,9 +747,18 @@ def make_sample(out_dir: Path, *, images: int = 48, seed: int = 0, plant_defects
     """
     _validate(images, seed, plant_defects, image_size)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_previous_sample(out_dir)
+    written: list[SampleSummary] = []
+    # built beside out_dir and swapped in whole: a regenerated sample never keeps a stale image or label of the
+    # earlier one, a kill leaves the earlier one intact, and a folder holding a user's files is refused untouched
+    replace_folder(out_dir, lambda folder: written.append(_write_sample(folder, images=images, seed=seed,
+                                                                          plant_defects=plant_defects,
+                                                                          image_size=image_size)),
+                   known=_earlier_sample_files(out_dir))
+    return dataclasses.replace(written[0], out_dir=out_dir)
 
+
+def _write_sample(out_dir: Path, *, images: int, seed: int, plant_defects: float,
+                  image_size: tuple[int, int] | None) -> SampleSummary:
     validation_count = max(MIN_VALIDATION_IMAGES, _round_half_up(VALIDATION_SHARE * images))
     training_count = images - validation_count
     # Sparse, unordered-looking ids (as in COCO) so that nothing can confuse an image id with a list index.

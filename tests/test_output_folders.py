@@ -108,3 +108,39 @@ def test_export_into_a_users_folder_is_refused_and_an_earlier_export_replaced(tm
     with pytest.raises(OutputFolderError, match=r"it holds files coco-seg did not write \(README.txt\)"):
         export_model(model, tmp_path / "model", card={"run": 3})
     assert json.loads(second["card"].read_text())["run"] == 2
+
+
+def test_make_sample_never_deletes_a_users_file_and_replaces_an_earlier_sample_whole(tmp_path):
+    from coco_seg.sample_data import make_sample
+
+    target = tmp_path / "coco"
+    make_sample(target, images=8, seed=0)
+    first = contents_bytes(target)
+    make_sample(target, images=9, seed=1)  # an earlier sample (its manifest vouches for it) is replaced whole
+    second = contents_bytes(target)
+    stale = set(first) - set(second)  # other seed, other image ids: the first sample's images are gone
+    assert any(name.endswith(".jpg") for name in stale)
+    assert not any((target / name).exists() for name in stale)
+
+    (target / "train2017" / "my_photo.jpg").write_bytes(b"mine")
+    with pytest.raises(OutputFolderError, match=r"coco-seg did not write \(train2017/my_photo.jpg\)"):
+        make_sample(target, images=8, seed=0)
+    assert (target / "train2017" / "my_photo.jpg").read_bytes() == b"mine"
+    assert contents_bytes(target) == {**second, "train2017/my_photo.jpg": b"mine"}
+
+
+def test_make_sample_over_an_earlier_sample_without_manifest_knows_its_files(tmp_path):
+    from coco_seg.sample_data import make_sample
+
+    target = tmp_path / "coco"
+    make_sample(target, images=8, seed=0)
+    (target / MANIFEST_NAME).unlink()  # as written by a version before manifests
+    make_sample(target, images=8, seed=2)
+    (target / MANIFEST_NAME).unlink()
+    (target / "val2017" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"\(val2017/notes.txt\)"):
+        make_sample(target, images=8, seed=3)
+
+
+def contents_bytes(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
