@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,7 @@ IMAGE_SIZE_MULTIPLE = 32  # the U-Net downsamples five times; any other size bre
 # already ~1.3 GB of mask alone for the 80 COCO classes, and a typo such as 12800 would exhaust memory before
 # producing any message.
 MAX_IMAGE_SIZE = 2048
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything this large is not one
 # The ceiling on data.background_share. The preprocess keeps round(share * images with a class) background-only
 # images, at most all of them, so every share >= (background-only images / images with a class) means "keep them
 # all"; no COCO split has a million images, so 1e6 restricts nothing real, and it keeps share * count far from float
@@ -202,9 +204,20 @@ def _load_yaml(path: Path, *, what: str) -> tuple[dict[str, Any], dict[str, int]
     lines), a YAML tag for a Python object, no keys at all, or a top level that is not a mapping.
     """
     try:
-        data = path.read_bytes()
+        # opened without blocking and checked before reading: a FIFO would wait for a writer forever, a device such
+        # as /dev/zero would be read until memory runs out
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise ConfigError(f"{what} {path} is not a regular file")
+            with os.fdopen(os.dup(handle), "rb") as stream:
+                data = stream.read(MAX_CONFIG_BYTES + 1)
+        finally:
+            os.close(handle)
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES // 2 ** 20} MiB: not a config file")
     loader = _UniqueKeyLoader(_decode(data, path, what), name=str(path))
     try:
         tree = loader.get_single_data()

@@ -259,3 +259,26 @@ def test_python_objects_are_still_refused_with_the_line(tmp_path):
     path = _raw(tmp_path, b"data:\n  root: !!python/object/apply:os.system ['echo pwned']\n")
     message = _refusal(path)
     assert "not valid YAML at line 2" in message and "python/object/apply" in message
+
+
+def test_a_config_that_is_a_fifo_or_a_device_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading would block forever
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(fifo))} is not a regular file$"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match=r"^config file /dev/zero is not a regular file$"):
+        load_config("/dev/zero")  # would be read until memory runs out
+
+
+def test_a_huge_config_file_is_refused_without_parsing_it(tmp_path):
+    from coco_seg.config import MAX_CONFIG_BYTES
+
+    huge = tmp_path / "config.yaml"
+    huge.write_bytes(b"# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    with pytest.raises(ConfigError, match=r"is larger than 1 MiB: not a config file"):
+        load_config(huge)
+    fits = tmp_path / "fits.yaml"
+    fits.write_bytes(b"image_size: 64\n" + b"#" * (MAX_CONFIG_BYTES - 20) + b"\n")
+    assert load_config(fits).image_size == 64
