@@ -9,10 +9,12 @@ a ``ConfigError`` naming the file, the line and the dotted key.
 
 import copy
 import functools
+import logging
 import math
 import os
 import re
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +25,32 @@ from coco_seg.categories import CATEGORY_BY_NAME, SUPERCATEGORIES, category_name
 
 CONFIG_ENV_VAR = "COCO_SEG_CONFIG"
 REPORTS_DIR_ENV_VAR = "COCO_SEG_REPORTS_DIR"  # where reports go when the config's reports_dir is null
-DEFAULT_REPORTS_DIR = Path("~/.cache/coco-seg/reports")
+
+
+def user_cache_dir() -> Path:
+    """coco-seg's cache folder: ``~/.cache/coco-seg``; where no home folder can be determined (``HOME`` unset and
+    no passwd entry, as in some containers) ``<temp dir>/coco-seg-<uid>-cache`` instead, with a warning."""
+    try:
+        return Path.home() / ".cache" / "coco-seg"
+    except RuntimeError:  # pathlib: "Could not determine home directory"
+        fallback = Path(tempfile.gettempdir()) / f"coco-seg-{os.getuid() if hasattr(os, 'getuid') else 0}-cache"
+        _warn_no_home(str(fallback))
+        return fallback
+
+
+def _expand_user(path: Path) -> Path:
+    """``path`` with a leading ``~`` expanded; a clear error where there is no home folder to expand it to."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{path} starts with ~, but there is no home folder (HOME unset, no passwd entry); give "
+                          f"an absolute path") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_home(fallback: str) -> None:
+    logging.getLogger(__name__).warning("no home folder (HOME unset, no passwd entry): coco-seg caches and reports "
+                                        "go to %s", fallback)
 DEFAULTS_PATH = Path(__file__).with_name("default_config.yaml")
 SPLIT_NAMES = ("training", "validation", "unlabeled")
 LABEL_MODES = ("category", "supercategory")
@@ -109,7 +136,8 @@ class Config:
         ~/.cache/coco-seg/reports. The environment is read on each use so that tests can point it elsewhere."""
         if self.reports_dir_setting is not None:
             return self.reports_dir_setting
-        return Path(os.environ.get(REPORTS_DIR_ENV_VAR) or DEFAULT_REPORTS_DIR).expanduser()
+        configured = os.environ.get(REPORTS_DIR_ENV_VAR)
+        return _expand_user(Path(configured)) if configured else user_cache_dir() / "reports"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -347,7 +375,7 @@ def _validate_classes(classes: Any, mode: str) -> tuple[str, ...]:
 def _resolve_path(value: Optional[str], base: Path) -> Optional[Path]:
     if value is None:
         return None
-    path = Path(value).expanduser()
+    path = _expand_user(Path(value))
     return path if path.is_absolute() else (base / path).resolve()
 
 
@@ -365,7 +393,7 @@ def load_config(path: Optional[os.PathLike] = None) -> Config:
         path = os.environ[CONFIG_ENV_VAR]
     if path is None:
         return _build(defaults, Path.cwd(), "defaults")
-    user_path = Path(path).expanduser().resolve()
+    user_path = _expand_user(Path(path)).resolve()
     overrides, key_lines = _load_yaml(user_path, what="config file")
     try:
         return _build(_merge(defaults, overrides), user_path.parent, str(user_path))

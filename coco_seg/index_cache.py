@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import orjson
 
 from coco_seg.atomic import write_atomically, write_json_atomically
-from coco_seg.config import Config
+from coco_seg.config import Config, user_cache_dir
 from coco_seg.images import pread
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class AnnotationScan:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV_VAR) or Path.home() / ".cache" / "coco-seg")
+    configured = os.environ.get(CACHE_DIR_ENV_VAR)
+    return Path(configured) if configured else user_cache_dir()
 
 
 def cache_dir() -> Path:

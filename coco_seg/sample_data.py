@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 
 from coco_seg.atomic import replace_folder
 from coco_seg.categories import CATEGORY_BY_NAME, COCO_CATEGORIES, VEHICLE_TYPES
+from coco_seg.config import user_cache_dir
 
 SAMPLE_DIR_ENV_VAR = "COCO_SEG_SAMPLE_DIR"
 # Written last by ensure_generated_sample: a folder without it is not a finished sample.
@@ -807,7 +808,7 @@ def generated_sample_dir() -> Path:
     configured = os.environ.get(SAMPLE_DIR_ENV_VAR, "").strip()
     if configured:
         return Path(configured).expanduser()
-    return Path.home() / ".cache" / "coco-seg" / "generated-sample-v1"
+    return user_cache_dir() / "generated-sample-v1"
 
 
 def _check_marker(folder: Path, wanted: dict[str, int]) -> None:

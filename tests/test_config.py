@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import re
 
 import pytest
@@ -282,3 +283,35 @@ def test_a_huge_config_file_is_refused_without_parsing_it(tmp_path):
     fits = tmp_path / "fits.yaml"
     fits.write_bytes(b"image_size: 64\n" + b"#" * (MAX_CONFIG_BYTES - 20) + b"\n")
     assert load_config(fits).image_size == 64
+
+
+def test_without_a_home_folder_caches_and_reports_go_to_the_temp_dir(monkeypatch, tmp_path, caplog):
+    import pathlib
+    import tempfile
+
+    from coco_seg import config as config_module
+    from coco_seg.index_cache import cache_root
+
+    def no_home(cls=None):
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(pathlib.Path, "home", classmethod(no_home))
+    monkeypatch.delenv("COCO_SEG_CACHE_DIR", raising=False)
+    monkeypatch.delenv("COCO_SEG_REPORTS_DIR", raising=False)
+    expected = pathlib.Path(tempfile.gettempdir()) / f"coco-seg-{os.getuid()}-cache"
+    config_module._warn_no_home.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert config_module.user_cache_dir() == expected
+    assert f"no home folder (HOME unset, no passwd entry): coco-seg caches and reports go to {expected}" in caplog.text
+    assert cache_root() == expected
+    loaded = load_config(write_config(tmp_path, {"image_size": 64}))
+    assert loaded.reports_dir == expected / "reports"
+
+
+def test_a_tilde_path_without_a_home_folder_is_a_clear_config_error(monkeypatch):
+    import pathlib
+
+    def no_home(self):
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(pathlib.Path, "expanduser", no_home)
+    with pytest.raises(ConfigError, match=r"~/my.yaml starts with ~, but there is no home folder"):
+        load_config("~/my.yaml")
