@@ -128,10 +128,17 @@ _TRAILING_DIGITS = re.compile(r"(\d+)$")
 
 def unlabeled_sample_id(file_name: str) -> str:
     """COCO file names end in the zero-padded image id (``000000000139.jpg``, ``COCO_test2014_000000000001.jpg``);
-    the id without padding is the sample id, as for labeled splits. Other names keep their stem."""
+    the id without padding is the sample id, as for labeled splits. Other names keep their stem, made printable
+    (:func:`printable_name`)."""
     stem = Path(file_name).stem
     match = _TRAILING_DIGITS.search(stem)
-    return str(int(match.group(1))) if match else stem
+    return str(int(match.group(1))) if match else printable_name(stem)
+
+
+def printable_name(name: str) -> str:
+    """A file name as valid UTF-8 text: unchanged when it is; otherwise each byte that is not UTF-8 (which Python
+    carries as a lone surrogate, and which orjson, the engine and JSON readers refuse) written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
@@ -159,7 +166,7 @@ def load_unlabeled_split(config: Config, *, data_root: Path) -> SplitData:
                            ", ".join(clashing), sample_id)
     for file_name, sample_id in zip(names, ids):
         if len(users[sample_id]) > 1:
-            sample_id = file_name
+            sample_id = printable_name(file_name)
         path, check = _check_file(folder, file_name, listing, memo)
         if check.problem is not None:
             bad.append(BadSample(sample_id, path, check.problem))

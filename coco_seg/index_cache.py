@@ -90,6 +90,16 @@ class AnnotationScan:
     candidates: list[Candidate]
 
 
+def _memo_key(name: str) -> str:
+    """A file name as a JSON key: itself when it is valid UTF-8; else ``/`` (which no file name holds) and its bytes
+    in hex, so that names which are not UTF-8 (lone surrogates in Python, refused by orjson) are kept apart."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return "/" + os.fsencode(name).hex()
+
+
 def cache_root() -> Path:
     configured = os.environ.get(CACHE_DIR_ENV_VAR)
     return Path(configured) if configured else user_cache_dir()
@@ -307,14 +317,14 @@ class FileCheckMemo:
 
     def get(self, name: str, identity: FileIdentity) -> Optional[tuple[Optional[str], Optional[tuple[int, int]]]]:
         """(problem, dimensions) found for ``name`` when it had this identity; None when unknown or changed."""
-        entry = self._entries.get(name)
+        entry = self._entries.get(_memo_key(name))
         if entry is None or len(entry) != 3 or tuple(entry[0]) != identity:
             return None
         return entry[1], None if entry[2] is None else (entry[2][0], entry[2][1])
 
     def put(self, name: str, identity: FileIdentity, problem: Optional[str],
             dimensions: Optional[tuple[int, int]]) -> None:
-        self._entries[name] = [list(identity), problem, None if dimensions is None else list(dimensions)]
+        self._entries[_memo_key(name)] = [list(identity), problem, None if dimensions is None else list(dimensions)]
         self._changed = True
 
     def save(self, present: Iterable[str]) -> None:
@@ -322,7 +332,7 @@ class FileCheckMemo:
         A memo that cannot be written costs only the speed-up of the next run."""
         if not self._changed:
             return
-        names = set(present)
+        names = {_memo_key(name) for name in present}
         kept = {name: entry for name, entry in self._entries.items() if name in names}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

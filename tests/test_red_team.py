@@ -477,3 +477,26 @@ def test_the_batched_polygon_checks_equal_one_polygon_at_a_time():
     np.testing.assert_allclose([b[1] for b in batched], [s[1] for s in single], rtol=1e-9)
     np.testing.assert_allclose([b[2] for b in batched], [s[2] for s in single], rtol=1e-12)
     assert sum(b[0] is None for b in batched) > 100  # the fast path was exercised
+
+
+def test_unlabeled_file_names_that_are_not_utf8_are_served_with_printable_ids(tmp_path, generated_root):
+    """Linux file names are bytes: a Latin-1 ``café.jpg`` is not UTF-8. Python carries it with a lone surrogate,
+    which orjson (the file-check memo) refused with a TypeError that took preprocess down."""
+    from coco_seg.encoders import encode_image
+
+    folder = tmp_path / "coco" / "unlabeled"
+    folder.mkdir(parents=True)
+    source = sorted((generated_root / "val2017").iterdir())[0]
+    latin1 = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg")
+    shutil.copy(source, latin1)
+    shutil.copy(source, folder / "caf\u00e9.jpg")  # the same name in UTF-8: another file, another id
+    tree = {"data": {"root": str(tmp_path / "coco"), "splits": {"unlabeled": {"images": "unlabeled"}}},
+            "reports_dir": str(tmp_path / "reports")}
+    config = load_config(write_config(tmp_path, tree))
+    for attempt in ("first", "memo"):  # the second preprocess reads the file-check memo the first one wrote
+        split = load_unlabeled_split(config, data_root=config.data_root)
+        assert sorted(split.sample_ids) == ["caf\\xe9", "caf\u00e9"], attempt
+        assert split.records["caf\\xe9"].file == latin1 and not split.skipped
+        for sample_id in split.sample_ids:
+            sample_id.encode("utf-8")  # valid text for the engine and for JSON
+            np.testing.assert_array_equal(encode_image(split, sample_id), encode_image(split, split.sample_ids[0]))
