@@ -12,9 +12,12 @@ from coco_seg.config import CONFIG_ENV_VAR, ConfigError, load_config
 
 
 def _use_config(path: Optional[str]) -> None:
-    """``--config`` wins over the environment; it is exported so that check subprocesses see the same file."""
+    """``--config`` wins over the environment; it is exported, absolute, so that check's subprocesses (which run
+    in other directories) read the same file. A relative ``$COCO_SEG_CONFIG`` is made absolute for the same reason."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV_VAR) or None
     if path is not None:
-        os.environ[CONFIG_ENV_VAR] = str(Path(path).resolve())
+        os.environ[CONFIG_ENV_VAR] = str(Path(path).expanduser().absolute())
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:

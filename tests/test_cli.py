@@ -1,8 +1,11 @@
 """The commands a user types: the test runner's exit status and make-sample (the demo: test_analysis.py)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from _support import REPO_ROOT, subprocess_env
 
@@ -35,3 +38,20 @@ def test_make_sample_is_byte_identical_for_the_same_seed(tmp_path):
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 12
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_relative_config_reaches_subprocesses_as_an_absolute_path(tmp_path, monkeypatch, given):
+    from coco_seg.cli import _use_config
+    from coco_seg.config import CONFIG_ENV_VAR
+
+    (tmp_path / "my.yaml").write_text("image_size: 64\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    if given == "environment":
+        monkeypatch.setenv(CONFIG_ENV_VAR, "my.yaml")
+    _use_config("my.yaml" if given == "flag" else None)
+    assert os.environ[CONFIG_ENV_VAR] == str(tmp_path / "my.yaml")
+    monkeypatch.chdir("/")  # as a subprocess started elsewhere sees it
+    from coco_seg.config import load_config
+    assert load_config().image_size == 64
