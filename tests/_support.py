@@ -21,10 +21,10 @@ os.environ.setdefault("COCO_SEG_CACHE_DIR", tempfile.mkdtemp(prefix="coco-seg-te
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SAMPLE = REPO_ROOT.parent / "shared" / "coco_sample"
-# The real sample has one split (train2017); it serves as both training and validation in tests.
+# The real sample's two splits, as COCO ships them: train2017 and val2017.
 REAL_SPLITS = {
     "training": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
-    "validation": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
+    "validation": {"annotations": "annotations/instances_val2017.json", "images": "val2017"},
 }
 
 # A 32x24 CMYK JPEG (Pillow wrote it: RGB (200, 40, 40) left half, (40, 60, 200) right half, converted to CMYK).

@@ -132,7 +132,7 @@ def test_analyze_on_the_real_coco_sample(tmp_path):
                  ["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.keras"), "--out",
                   str(tmp_path / "model")],
                  ["analyze", "--model", str(tmp_path / "model" / "model.onnx"), "--out", str(tmp_path / "analysis"),
-                  "--limit", "40"]):
+                  "--split", "training", "--limit", "40"]):  # val2017 has 12 samples with a person or car
         result = cli(*args, home=tmp_path, config=config)
         assert result.returncode == 0, result.stderr[-3000:]
     samples = pd.read_parquet(tmp_path / "analysis" / "samples.parquet")
