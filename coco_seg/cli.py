@@ -256,6 +256,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as error:
         print(f"coco-seg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, file too large, read-only, permission, a folder where a file goes...
+        print(f"coco-seg {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(error: OSError) -> str:
+    """``<what>, <path>`` for an I/O error, whichever layer raised it (some libraries put the path only in the
+    message, some give an errno without a strerror)."""
+    what = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
+    return ", ".join([what, *paths]) if paths else what
 
 
 if __name__ == "__main__":
