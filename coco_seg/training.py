@@ -2,8 +2,7 @@
 
 Algorithm: a tf.data pipeline draws sample indices (shuffled with a seed), loads each sample through the binder's
 own encoders (``encode_image`` / ``encode_label_mask`` — same decode, resize, normalisation and mask as the
-engine sees, so the trained model and the binder cannot disagree; each sample is decoded once per run and kept,
-bounded, in a :class:`DecodedStore`), optionally augments image and mask together
+engine sees, so the trained model and the binder cannot disagree), optionally augments image and mask together
 (horizontal flip; scale by 1–1.5 then crop back to S×S) with stateless random ops seeded per sample, one-hot
 encodes the mask and batches. The loss is pixel cross-entropy on logits, optionally class-weighted, plus an
 optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. After every epoch the model (with its
@@ -13,7 +12,6 @@ optimizer state) is written to ``checkpoints/last.keras``, the best by validatio
 
 import json
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,10 +26,9 @@ from coco_seg import class_balance
 from coco_seg.atomic import write_atomically, write_json_atomically as _write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
-from coco_seg.encoders import encode_label_mask, normalize_image
+from coco_seg.encoders import encode_image, encode_label_mask
 from coco_seg.evaluate import evaluate_split
 from coco_seg.model import build_unet
-from coco_seg.samples import CACHE
 
 STATE_NAME = "train_state.json"
 LAST_NAME = "last.keras"
@@ -41,11 +38,6 @@ MAX_SCALE = 1.5  # scale-crop augmentation: enlarge by up to 50 %, then crop bac
 # reflect their initial values, so a model trained from scratch (or fine-tuned briefly) predicts garbage in
 # inference mode. 0.9 lets the statistics follow the data within tens of steps.
 BATCHNORM_MOMENTUM = 0.9
-# Training reads every sample once per epoch; the binder's per-sample cache (coco_seg.samples, 32 samples) cannot
-# hold a split, so without a store every epoch would decode every JPEG again. The store keeps each sample's
-# model-size uint8 image and label mask (4·S² bytes: 64 KiB at 128 px) for the whole run, up to this many bytes
-# (32,768 samples at 128 px); samples beyond it are decoded each epoch as before. Values are the encoders' own.
-DECODED_STORE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -158,53 +150,20 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> t
     return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
 
 
-class DecodedStore:
-    """Each sample's model-size uint8 image and label mask, decoded once for a run, up to ``max_bytes``.
-
-    ``get(index)`` returns exactly what ``encode_image`` / ``encode_label_mask`` return for the split's
-    ``index``-th sample (the same normalisation of the same decode, placeholders included). Samples that would
-    take the store past ``max_bytes`` are not kept: they are decoded on every call, through the binder's cache.
-    Safe to call from tf.data's parallel threads: two threads decoding one sample store equal values.
-    """
-
-    def __init__(self, split: SplitData, *, max_bytes: int = DECODED_STORE_BYTES) -> None:
-        self.split, self.max_bytes = split, int(max_bytes)
-        self._samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._sample_bytes = 4 * split.config.image_size ** 2  # 3 image bytes + 1 mask byte per pixel
-        self._lock = threading.Lock()
-
-    @property
-    def stored(self) -> int:
-        return len(self._samples)
-
-    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(S, S, 3) float32 in [-1, 1] and (S, S) uint8 class values of sample ``index``."""
-        kept = self._samples.get(index)
-        if kept is None:
-            sample_id = self.split.sample_ids[index]
-            decoded = CACHE.get(self.split, sample_id)
-            kept = decoded.image, encode_label_mask(self.split, sample_id)
-            with self._lock:
-                if (len(self._samples) + 1) * self._sample_bytes <= self.max_bytes:
-                    self._samples[index] = kept
-        return normalize_image(kept[0]), kept[1]
-
-
 def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
-                 epochs: tuple[int, int] = (0, 1), store_bytes: int = DECODED_STORE_BYTES) -> tf.data.Dataset:
+                 epochs: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders.
 
     Covers epochs ``epochs[0]`` to ``epochs[1] - 1`` back to back; each epoch's order and augmentation depend only
-    on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen. Decoded
-    samples are kept for the dataset's lifetime in a :class:`DecodedStore` of ``store_bytes`` (0: decode every
-    sample every epoch); the batches do not depend on it.
+    on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
     """
-    count = len(split.sample_ids)
+    sample_ids = split.sample_ids
+    count = len(sample_ids)
     size, num_classes = split.config.image_size, split.config.num_classes
-    store = DecodedStore(split, max_bytes=store_bytes)
 
     def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        return store.get(int(index))
+        sample_id = sample_ids[int(index)]
+        return encode_image(split, sample_id), encode_label_mask(split, sample_id)
 
     def load_sample(epoch, index):
         image, mask = tf.numpy_function(load, [index], [tf.float32, tf.uint8], stateful=False)

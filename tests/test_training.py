@@ -146,54 +146,6 @@ def test_imagenet_weights_offline_fail_fast_naming_the_option(tmp_path, small_co
     assert "--encoder-weights none" in result.stderr and "PATH" in result.stderr
 
 
-def _epochs_of_batches(split, **options):
-    from coco_seg.training import make_dataset
-
-    dataset = make_dataset(split, batch_size=8, shuffle=True, augment=True, seed=5, epochs=(0, 2), **options)
-    return [(images.numpy(), masks.numpy()) for images, masks in dataset]
-
-
-def test_decoded_store_serves_exactly_the_batches_of_decoding_every_epoch(small_config):
-    """The store is a speed-up only: two augmented, shuffled epochs are bit-identical with it, without it (every
-    sample decoded every epoch) and with a store too small for the split (part kept, part decoded again)."""
-    from coco_seg.samples import CACHE
-
-    split = load_labeled_split(small_config, "training", data_root=small_config.data_root)
-    CACHE.clear()
-    stored = _epochs_of_batches(split)
-    CACHE.clear()
-    decoded = _epochs_of_batches(split, store_bytes=0)
-    CACHE.clear()
-    partly = _epochs_of_batches(split, store_bytes=3 * 4 * IMAGE_SIZE ** 2)
-    assert len(stored) == len(decoded) == len(partly) == 2 * -(-len(split.sample_ids) // 8)
-    for (a_images, a_masks), (b_images, b_masks), (c_images, c_masks) in zip(stored, decoded, partly):
-        np.testing.assert_array_equal(a_images, b_images)
-        np.testing.assert_array_equal(a_masks, b_masks)
-        np.testing.assert_array_equal(a_images, c_images)
-        np.testing.assert_array_equal(a_masks, c_masks)
-    # not every batch is the same batch: the comparison above compares real, varying data
-    assert not np.array_equal(stored[0][0], stored[1][0])
-
-
-def test_decoded_store_is_bounded_and_equals_the_encoders(small_config):
-    from coco_seg.encoders import encode_label_mask
-    from coco_seg.training import DecodedStore
-
-    split = load_labeled_split(small_config, "training", data_root=small_config.data_root)
-    store = DecodedStore(split, max_bytes=2 * 4 * IMAGE_SIZE ** 2 + 1)  # room for two samples, not three
-    for index, sample_id in enumerate(split.sample_ids):
-        image, mask = store.get(index)
-        assert image.dtype == np.float32 and mask.dtype == np.uint8
-        np.testing.assert_array_equal(image, encode_image(split, sample_id))
-        np.testing.assert_array_equal(mask, encode_label_mask(split, sample_id))
-    assert store.stored == 2
-    assert len(split.sample_ids) > 2
-    # a stored sample is served as a fresh array: normalising it cannot be changed by a caller's edit
-    first, _ = store.get(0)
-    first[:] = 7.0
-    np.testing.assert_array_equal(store.get(0)[0], encode_image(split, split.sample_ids[0]))
-
-
 def test_evaluation_names_a_model_that_outputs_nan_instead_of_averaging_it(small_config):
     split = load_labeled_split(small_config, "validation", data_root=small_config.data_root)
     pixels = len(split.sample_ids) * IMAGE_SIZE ** 2
