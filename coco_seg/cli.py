@@ -149,7 +149,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(config_path)
     print(f"[2/5] training a small model for {args.epochs} epochs on the CPU (random encoder: ImageNet weights "
           f"need a download)")
-    options = TrainOptions(epochs=args.epochs, batch_size=8, encoder_weights="none", alpha=0.35, fine_tune=True)
+    # Plain cross-entropy: class weights shift the predicted probabilities towards the rare classes, and the label-
+    # issue ranking (confident learning) reads those probabilities; with median-frequency weights the demo found 12
+    # of its 14 planted defects in the top 28 instead of all of them.
+    options = TrainOptions(epochs=args.epochs, batch_size=8, encoder_weights="none", alpha=0.35, fine_tune=True,
+                           class_weights=None)
     state = train(config, out / "run", options, resume=(out / "run" / "train_state.json").is_file())
     checkpoint = out / "run" / "checkpoints" / "best.keras"
     print("[3/5] exporting model.onnx, model.h5 and model_card.json")

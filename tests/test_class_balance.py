@@ -80,8 +80,12 @@ def test_training_with_median_frequency_records_the_weights_it_used(tmp_path, ge
     ("0,0,0", "class_weights must be finite numbers >= 0, not all 0, got (0.0, 0.0, 0.0)"),
     ("1e400,1,1", "class_weights must be finite numbers >= 0, not all 0, got (inf, 1.0, 1.0)"),
 ])
-def test_train_refuses_unusable_class_weights_in_one_line(tmp_path, generated_root, capsys, given, message):
+def test_train_refuses_unusable_class_weights_in_one_line(tmp_path, generated_root, capsys, monkeypatch, given,
+                                                          message):
     from coco_seg.cli import main
+    from coco_seg.config import CONFIG_ENV_VAR
+
+    monkeypatch.setenv(CONFIG_ENV_VAR, "")  # main exports --config here: undone after the test
 
     config = write_config(tmp_path, data_tree(generated_root) | {"image_size": 64})
     code = main(["--config", str(config), "train", "--out", str(tmp_path / "run"), "--epochs", "1",
@@ -91,8 +95,11 @@ def test_train_refuses_unusable_class_weights_in_one_line(tmp_path, generated_ro
     assert not (tmp_path / "run" / "train_state.json").exists()
 
 
-def test_median_frequency_is_the_default_and_none_means_plain_cross_entropy(tmp_path, generated_root):
+def test_median_frequency_is_the_default_and_none_means_plain_cross_entropy(tmp_path, generated_root, monkeypatch):
     from coco_seg.cli import build_parser, main
+    from coco_seg.config import CONFIG_ENV_VAR
+
+    monkeypatch.setenv(CONFIG_ENV_VAR, "")  # main exports --config here: undone after the test
     from coco_seg.training import STATE_NAME, TrainOptions
 
     assert TrainOptions().class_weights == "median-frequency"

@@ -47,7 +47,8 @@ def test_a_relative_config_reaches_subprocesses_as_an_absolute_path(tmp_path, mo
 
     (tmp_path / "my.yaml").write_text("image_size: 64\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    monkeypatch.setenv(CONFIG_ENV_VAR, "")  # _use_config exports the path: undone after the test
+    monkeypatch.delenv(CONFIG_ENV_VAR)
     if given == "environment":
         monkeypatch.setenv(CONFIG_ENV_VAR, "my.yaml")
     _use_config("my.yaml" if given == "flag" else None)
