@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"need a download)")
     # Plain cross-entropy: class weights shift the predicted probabilities towards the rare classes, and the label-
     # issue ranking (confident learning) reads those probabilities; with median-frequency weights the demo found 12
-    # of its 14 planted defects in the top 28 instead of all of them.
+    # of its 14 planted defects in the top 28, below the >= 90 % its test asks (plain cross-entropy meets it).
     options = TrainOptions(epochs=args.epochs, batch_size=8, encoder_weights="none", alpha=0.35, fine_tune=True,
                            class_weights=None)
     state = train(config, out / "run", options, resume=(out / "run" / "train_state.json").is_file())
