@@ -57,6 +57,28 @@ def fold_files(out: Path, folds: int) -> list[Path]:
     return roots
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """``name=value`` for a TrainOptions field, the value parsed as the field's type (a comma list: a tuple)."""
+    from dataclasses import fields
+
+    from coco_seg.training import TrainOptions
+
+    name, _, text = item.partition("=")
+    known = {field.name: field for field in fields(TrainOptions)}
+    if name not in known:
+        raise SystemExit(f"--set {item!r}: no TrainOptions field {name!r} (known: {', '.join(known)})")
+    if "," in text:
+        return name, tuple(float(part) for part in text.split(","))
+    default = known[name].default
+    if text.lower() in ("none", "null"):
+        return name, None
+    if isinstance(default, bool):
+        return name, text.lower() in ("1", "true", "yes")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        return name, type(default)(float(text)) if isinstance(default, int) else float(text)
+    return name, text
+
+
 def run(config_tree: dict, out: Path, options: dict) -> dict:
     import yaml
 
@@ -83,7 +105,11 @@ def main() -> None:
     parser.add_argument("--modes", default="category,supercategory")
     parser.add_argument("--losses", default="plain,median-frequency,median-frequency+dice")
     parser.add_argument("--out", default="/tmp/coco-seg-real-quality")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="override a TrainOptions field for every run (e.g. batch_size=8, "
+                             "class_weights=0.2,1,8); repeatable")
     args = parser.parse_args()
+    overrides = dict(parse_override(item) for item in args.set)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
@@ -94,7 +120,8 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         for loss in args.losses.split(","):
-            options = {"epochs": args.epochs, "encoder_weights": args.encoder_weights, **LOSSES[loss]}
+            options = {"epochs": args.epochs, "encoder_weights": args.encoder_weights, **LOSSES[loss],
+                       **overrides}
             print(f"{mode} / {loss}: train2017 -> val2017", flush=True)
             tree = {"data": val2017, "labels": {"mode": mode}, "image_size": 128}
             result = {"mode": mode, "loss": loss, "val2017": run(tree, out / mode / loss / "val2017", options)}

@@ -58,3 +58,41 @@ def median_frequency_weights(statistics: ClassPixelStatistics) -> tuple[float, .
     frequency = np.divide(statistics.pixels, statistics.image_pixels, out=np.zeros(len(present)), where=present)
     median = float(np.median(frequency[present]))
     return tuple(float(median / f) if p else 1.0 for f, p in zip(frequency, present))
+
+
+def class_presence(split: SplitData) -> np.ndarray:
+    """(N, K+1) bool, row i for ``split.sample_ids[i]``: which mask values its label mask holds (annotations only)."""
+    num_targets = len(split.config.target_classes)
+    presence = np.zeros((len(split.sample_ids), num_targets + 1), bool)
+    for row, sample_id in enumerate(split.sample_ids):
+        record = split.records[sample_id]
+        unions = class_unions(record.annotations, height=record.height, width=record.width,
+                              class_of_category=split.class_of_category)
+        presence[row] = class_pixel_counts(unions, height=record.height, width=record.width,
+                                           num_target_classes=num_targets) > 0
+    return presence
+
+
+def repeat_factors(presence: np.ndarray, *, threshold: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., LVIS 2019): how many times each image appears in an epoch.
+
+    A target class c held by a fraction ``f_c`` of the images gets ``r_c = max(1, sqrt(threshold / f_c))``; an image
+    repeats ``round(max r_c over the target classes it holds)`` times (1 when it holds none). Background (column 0)
+    is not a target: it is in nearly every image. Rounded, not drawn, so that every epoch has the same length.
+
+    Args:
+        presence: (N, K+1) bool, from :func:`class_presence`.
+        threshold: in (0, 1]; the image fraction below which a class is oversampled.
+
+    Returns:
+        (N,) int64, each >= 1.
+    """
+    if not (0 < threshold <= 1):
+        raise ValueError(f"the repeat-factor threshold must be in (0, 1], got {threshold!r}")
+    presence = np.asarray(presence, bool)
+    targets = presence[:, 1:]
+    fraction = targets.mean(axis=0) if len(targets) else np.zeros(targets.shape[1])
+    class_factor = np.where(fraction > 0, np.sqrt(threshold / np.maximum(fraction, 1e-12)), 1.0)
+    class_factor = np.maximum(class_factor, 1.0)
+    image_factor = np.max(np.where(targets, class_factor, 1.0), axis=1, initial=1.0)
+    return np.floor(image_factor + 0.5).astype(np.int64)

@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            encoder_weights=args.encoder_weights, alpha=args.alpha, fine_tune=args.fine_tune,
                            augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
-                           boundary_weight=args.boundary_weight,
+                           boundary_weight=args.boundary_weight, repeat_threshold=args.repeat_threshold,
                            seed=args.seed)
     state = train(config, Path(args.out), options, resume=args.resume)
     if state.best_epoch is not None:
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dice-weight", type=float, default=0.0, help="add this × (1 - soft dice) to the loss")
     train.add_argument("--boundary-weight", type=float, default=0.0,
                        help="pixels on a ground-truth class boundary weigh 1 + this in the cross-entropy")
+    train.add_argument("--repeat-threshold", type=float, default=0.0, metavar="T",
+                       help="repeat-factor sampling: an image holding a class found in a fraction f < T of the "
+                            "training images appears round(sqrt(T / f)) times per epoch; 0 (default) turns it off")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
     train.set_defaults(run=cmd_train)

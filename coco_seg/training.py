@@ -55,6 +55,9 @@ class TrainOptions:
     class_weights: Union[tuple[float, ...], str, None] = class_balance.METHOD
     dice_weight: float = 0.0
     boundary_weight: float = 0.0  # pixels on a ground-truth class boundary weigh 1 + this in the cross-entropy
+    # repeat-factor sampling (coco_seg.class_balance.repeat_factors): images holding a class found in fewer than
+    # this fraction of the training images appear more than once per epoch; 0 turns it off
+    repeat_threshold: float = 0.0
     seed: int = 0
 
 
@@ -73,6 +76,8 @@ class TrainState:
     best_validation: Optional[dict[str, Any]] = None
     # the cross-entropy weights used, background first, and how they were chosen (with the statistics behind them)
     class_balance: Optional[dict[str, Any]] = None
+    # repeat-factor sampling, when on: the threshold, the images repeated and the samples per epoch
+    sampling: Optional[dict[str, Any]] = None
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -151,18 +156,26 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> t
 
 
 def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
-                 epochs: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+                 epochs: tuple[int, int] = (0, 1), repeats: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders.
 
     Covers epochs ``epochs[0]`` to ``epochs[1] - 1`` back to back; each epoch's order and augmentation depend only
-    on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen. ``repeats``
+    ((N,) int >= 1, per ``split.sample_ids``) makes sample i appear ``repeats[i]`` times per epoch, each time with
+    its own augmentation.
     """
     sample_ids = split.sample_ids
-    count = len(sample_ids)
+    if repeats is None:
+        repeats = np.ones(len(sample_ids), np.int64)
+    if len(repeats) != len(sample_ids) or np.any(np.asarray(repeats) < 1):
+        raise ValueError(f"repeats needs one count >= 1 per sample ({len(sample_ids)}), got {len(repeats)}")
+    # position p of an epoch shows sample occurrence[p]; augmentation keys on p, so repeats differ
+    occurrence = np.repeat(np.arange(len(sample_ids), dtype=np.int64), repeats)
+    count = len(occurrence)
     size, num_classes = split.config.image_size, split.config.num_classes
 
     def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        sample_id = sample_ids[int(index)]
+        sample_id = sample_ids[int(occurrence[int(index)])]
         return encode_image(split, sample_id), encode_label_mask(split, sample_id)
 
     def load_sample(epoch, index):
@@ -259,6 +272,11 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             all(np.isfinite(w) and w >= 0 for w in options.class_weights) and any(w > 0 for w in options.class_weights)):
         raise ValueError(f"class_weights must be finite numbers >= 0, not all 0, got {options.class_weights!r}")
 
+    if not (options.repeat_threshold == 0 or 0 < options.repeat_threshold <= 1):
+        raise ValueError(f"repeat_threshold must be 0 (off) or in (0, 1], got {options.repeat_threshold!r}")
+    repeats = (class_balance.repeat_factors(class_balance.class_presence(training), threshold=options.repeat_threshold)
+               if options.repeat_threshold else None)
+
     state = read_state(out_dir) if resume else None
     if resume and state is None:
         raise FileNotFoundError(f"nothing to resume in {out_dir}: no {STATE_NAME}")
@@ -278,7 +296,11 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         state = TrainState(options=asdict(options), label_mode=config.label_mode, classes=list(config.class_names),
                            image_size=config.image_size,
                            split_sizes={"training": len(training.sample_ids), "validation": len(validation.sample_ids)},
-                           class_balance=balance)
+                           class_balance=balance, sampling=_sampling(repeats))
+        if state.sampling is not None:
+            log(f"repeat-factor sampling (threshold {options.repeat_threshold}): {state.sampling['images_repeated']} "
+                f"images repeated, up to {state.sampling['max_repeats']}x; {state.sampling['epoch_samples']} "
+                f"samples per epoch")
         model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
                            encoder_weights=options.encoder_weights, alpha=options.alpha,
                            trainable_encoder=options.fine_tune)
@@ -296,12 +318,20 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         log(f"already trained for {state.epochs_done} epochs")
         return state
     dataset = make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
-                           seed=options.seed, epochs=(state.epochs_done, options.epochs))
-    steps_per_epoch = -(-len(training.sample_ids) // options.batch_size)
+                           seed=options.seed, epochs=(state.epochs_done, options.epochs), repeats=repeats)
+    epoch_samples = len(training.sample_ids) if repeats is None else int(repeats.sum())
+    steps_per_epoch = -(-epoch_samples // options.batch_size)
     model.fit(dataset, epochs=options.epochs, initial_epoch=state.epochs_done, steps_per_epoch=steps_per_epoch,
               verbose=0, shuffle=False,
               callbacks=[_EpochEnd(out_dir=out_dir, state=state, validation=validation, log=log)])
     return state
+
+
+def _sampling(repeats: Optional[np.ndarray]) -> Optional[dict[str, Any]]:
+    if repeats is None:
+        return None
+    return {"method": "repeat-factor", "images_repeated": int(np.sum(repeats > 1)), "epoch_samples": int(repeats.sum()),
+            "max_repeats": int(repeats.max(initial=1))}
 
 
 def _class_balance(options: TrainOptions, training: SplitData) -> Optional[dict[str, Any]]:

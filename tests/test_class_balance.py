@@ -110,3 +110,97 @@ def test_median_frequency_is_the_default_and_none_means_plain_cross_entropy(tmp_
                  "--encoder-weights", "none", "--alpha", "0.35", "--class-weights", "none"]) == 0
     saved = json.loads((tmp_path / "run" / STATE_NAME).read_text())
     assert saved["options"]["class_weights"] is None and saved["class_balance"] is None
+
+
+def test_repeat_factors_on_a_hand_made_presence_matrix():
+    from coco_seg.class_balance import repeat_factors
+
+    # 10 images: background everywhere, person in 5, car in 1 (image 0, with a person), image 9 background only
+    presence = np.zeros((10, 3), bool)
+    presence[:, 0] = True
+    presence[:5, 1] = True
+    presence[0, 2] = True
+    # threshold 0.5: person f = 0.5 -> 1; car f = 0.1 -> sqrt(5) = 2.24 -> 2; background is never a reason
+    np.testing.assert_array_equal(repeat_factors(presence, threshold=0.5), [2, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    # threshold 1: person sqrt(2) = 1.41 -> 1; car sqrt(10) = 3.16 -> 3
+    np.testing.assert_array_equal(repeat_factors(presence, threshold=1.0), [3, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    presence[:8, 1] = True  # person in 8 of 10 at threshold 1: sqrt(1.25) = 1.12 -> 1
+    assert repeat_factors(presence, threshold=1.0).tolist() == [3] + [1] * 9
+    presence[:, 1:] = False  # no target class anywhere: nothing repeats
+    assert repeat_factors(presence, threshold=1.0).tolist() == [1] * 10
+    assert repeat_factors(np.zeros((0, 3), bool), threshold=0.5).tolist() == []
+    for threshold in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="repeat-factor threshold must be in"):
+            repeat_factors(presence, threshold=threshold)
+
+
+def test_class_presence_agrees_with_the_pixel_statistics(tmp_path, dataset):
+    from coco_seg.class_balance import class_presence
+
+    config = load_config(write_config(tmp_path, dataset))
+    split = load_labeled_split(config, "training", data_root=config.data_root)
+    presence = class_presence(split)
+    assert presence.shape == (len(split.sample_ids), 3)
+    statistics = class_pixel_statistics(split)
+    for column in range(3):  # each image holding class c contributes its whole area to image_pixels[c]
+        areas = [split.records[s].height * split.records[s].width for s, held in zip(split.sample_ids, presence[:, column])
+                 if held]
+        assert sum(areas) == statistics.image_pixels[column]
+
+
+def test_repeated_samples_appear_that_often_with_their_own_augmentation(tmp_path, generated_root):
+    from coco_seg.training import make_dataset
+
+    config = load_config(write_config(tmp_path, data_tree(generated_root) | {"image_size": 64,
+                                                                            "sample_limit_per_split": 5}))
+    split = load_labeled_split(config, "training", data_root=config.data_root)
+    repeats = np.array([3, 1, 1, 1, 2])
+    plain = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0,
+                                                   repeats=repeats)]
+    assert len(plain) == 8
+    for position, sample in enumerate([0, 0, 0, 1, 2, 3, 4, 4]):
+        first = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0)]
+        np.testing.assert_array_equal(plain[position], first[sample])
+    augmented = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=True, seed=0,
+                                                       repeats=repeats)]
+    assert not np.array_equal(augmented[0], augmented[1]) or not np.array_equal(augmented[1], augmented[2])
+    shuffled = [i.numpy() for i, _ in make_dataset(split, batch_size=8, shuffle=True, augment=False, seed=0,
+                                                      repeats=repeats)][0]
+    assert shuffled.shape[0] == 8  # one epoch: every occurrence once, in a seed-drawn order
+    assert sorted(map(lambda image: image.tobytes(), shuffled)) == sorted(map(lambda image: image.tobytes(), plain))
+    with pytest.raises(ValueError, match="repeats needs one count >= 1 per sample"):
+        make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0, repeats=np.array([1, 0, 1, 1, 1]))
+
+
+def test_training_with_repeat_factor_sampling_records_it_and_resumes(tmp_path, generated_root):
+    from coco_seg.class_balance import class_presence, repeat_factors
+    from coco_seg.training import STATE_NAME, TrainOptions, train
+
+    root = tmp_path / "coco"  # the generated sample with cars left in 2 training images only: a rare class
+    (root / "annotations").mkdir(parents=True)
+    for folder in ("train2017", "val2017"):
+        (root / folder).symlink_to(generated_root / folder)
+    (root / "annotations" / "instances_val2017.json").write_text(
+        (generated_root / "annotations" / "instances_val2017.json").read_text())
+    train_file = json.loads((generated_root / "annotations" / "instances_train2017.json").read_text())
+    car_images = sorted({a["image_id"] for a in train_file["annotations"] if a["category_id"] == 3})[:2]
+    train_file["annotations"] = [a for a in train_file["annotations"]
+                                 if a["category_id"] != 3 or a["image_id"] in car_images]
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(train_file))
+    config = load_config(write_config(tmp_path, data_tree(root) | {"image_size": 64}))
+    split = load_labeled_split(config, "training", data_root=config.data_root)
+    expected = repeat_factors(class_presence(split), threshold=1.0)
+    assert sorted(expected.tolist())[-2:] == [3, 3] and (expected > 1).sum() == 2  # car: 2 of 24 images, sqrt(12) = 3.46
+    options = TrainOptions(epochs=1, batch_size=8, encoder_weights="none", alpha=0.35, repeat_threshold=1.0)
+    messages: list[str] = []
+    state = train(config, tmp_path / "run", options, log=messages.append)
+    assert state.sampling == {"method": "repeat-factor", "images_repeated": int((expected > 1).sum()),
+                              "epoch_samples": int(expected.sum()), "max_repeats": int(expected.max())}
+    saved = json.loads((tmp_path / "run" / STATE_NAME).read_text())
+    assert saved["sampling"] == state.sampling and saved["options"]["repeat_threshold"] == 1.0
+    assert any(line.startswith("repeat-factor sampling (threshold 1.0): ") for line in messages)
+    resumed = train(config, tmp_path / "run", TrainOptions(**{**saved["options"], "epochs": 2}), resume=True,
+                    log=messages.append)
+    assert resumed.epochs_done == 2 and resumed.sampling == state.sampling
+    with pytest.raises(ValueError, match=r"repeat_threshold must be 0 \(off\) or in \(0, 1\], got 2.0"):
+        train(config, tmp_path / "other", TrainOptions(epochs=1, encoder_weights="none", repeat_threshold=2.0))
