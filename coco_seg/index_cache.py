@@ -3,10 +3,10 @@
 Algorithm: the first preprocess of a split parses the instances JSON, indexes it and derives the category names,
 the class map, the candidate images in order (id, file name, size, annotation problem) and each candidate's
 annotations. That is written under ``<cache dir>/index/<key>``: ``<key>.blob`` holds one JSON line of annotations
-per candidate and ``<key>.json`` everything else plus the byte offsets of those lines. The key hashes the
-annotation file's identity (resolved path, size, modification and status-change times, inode, a fingerprint of its
-first and last 64 KiB) and every config value the selection depends on (label mode, classes, background_share)
-with the cache format version, so a changed file or config lands on a new key.
+per candidate and ``<key>.json`` everything else plus the byte offsets of those lines.
+The key hashes the annotation file's content (sha256 of its bytes, streamed) and every config value the
+selection depends on (label mode, classes, background_share) with the cache format version, so changed
+bytes or config land on a new key whatever the file's size and times say, and a copy elsewhere reuses it.
 Later runs read only the small JSON; a sample's annotations are read from the blob when the sample is decoded (one
 positional read, one ``orjson.loads``). The first run serves its samples from the blob it has just written as
 well, so the parsed file (gigabytes of Python objects at COCO scale) is never kept: on Linux it is parsed in a
@@ -45,8 +45,7 @@ from coco_seg.images import pread
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: each annotation carries its geometric area (coco_seg.annotation_checks.AREA_KEY)
-FINGERPRINT_BYTES = 64 * 1024  # read from the head and the tail of the annotation file for its cache key
+CACHE_FORMAT = 3  # 3: keyed on content; 2: each annotation carries its geometric area (coco_seg.annotation_checks.AREA_KEY)
 CACHE_DIR_ENV_VAR = "COCO_SEG_CACHE_DIR"
 IN_PROCESS_ENV_VAR = "COCO_SEG_PREPROCESS_IN_PROCESS"  # 1: never fork the first scan into a child process
 
@@ -109,26 +108,19 @@ def cache_dir() -> Path:
     return cache_root() / "index"
 
 
-def _fingerprint(path: Path, size: int) -> str:
-    """blake2b of the file's first and last FINGERPRINT_BYTES: an edit that keeps size and times is still seen
-    when it touches either end (a few hundred microseconds, whatever the file's size)."""
-    digest = hashlib.blake2b(digest_size=16)
+def content_digest(path: Path) -> str:
+    """sha256 of the file's bytes, streamed in 1 MiB reads (hardware-accelerated on x86-64 and ARMv8: ~0.4 s for
+    450 MB here, against ~1 s for blake2b)."""
     with open(path, "rb") as stream:
-        digest.update(stream.read(FINGERPRINT_BYTES))
-        if size > FINGERPRINT_BYTES:
-            stream.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
-            digest.update(stream.read(FINGERPRINT_BYTES))
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def cache_key(config: Config, annotations_path: Path) -> str:
-    """The index's key: the annotation file's identity — path, size, modification and status-change times, inode
-    (a rewrite, a `cp -p` or an `rsync -t` copy changes the last two, which no user call sets back) and a
-    fingerprint of its two ends — and every config value the selection depends on."""
-    stat = annotations_path.stat()
-    identity = {"format": CACHE_FORMAT, "file": str(annotations_path.resolve()), "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino,
-                "fingerprint": _fingerprint(annotations_path, stat.st_size), "label_mode": config.label_mode,
+    """The index's key: the annotation file's content (its sha256) and every config value the selection depends on.
+
+    Content, not identity: a copy that keeps size and times (``cp -p``, ``rsync -t``, an unpacked archive) over the
+    file is a new key exactly when its bytes differ, and the same file at another path reuses the cache."""
+    identity = {"format": CACHE_FORMAT, "sha256": content_digest(annotations_path), "label_mode": config.label_mode,
                 "targets": [list(t.coco_names) for t in config.target_classes],
                 "background_share": config.background_share}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]

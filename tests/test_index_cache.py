@@ -1,7 +1,9 @@
 """The preprocess index cache: same result as a fresh scan, invalidated by file and config changes, safe under
 concurrent builders, never fatal."""
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,57 @@ def test_a_changed_annotation_file_or_config_is_not_served_from_the_cache(tmp_pa
     supercategory = load(tmp_path, data_tree(root) | {"labels": {"mode": "supercategory"}}, "s.yaml")
     assert supercategory.class_of_category != after.class_of_category
     assert len(list(private_cache.glob("*.json"))) == 3
+
+
+def test_a_cp_p_replacement_with_the_same_size_and_times_serves_the_new_content(tmp_path, private_cache,
+                                                                                  generated_root):
+    """The fault the identity key missed: new bytes, same size, same modification time (``cp -p``)."""
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    path = root / "annotations" / "instances_train2017.json"
+    dataset = json.loads(path.read_text())
+    person = next(a for a in dataset["annotations"] if a["category_id"] == 1)
+    # the same file with one person relabelled as car (category 1 -> 3): same length, other content
+    edited = json.dumps(dict(dataset, annotations=[dict(a, category_id=3) if a["id"] == person["id"] else a
+                                                   for a in dataset["annotations"]]))
+    original = json.dumps(dataset)
+    assert len(edited) == len(original)
+    path.write_text(original)
+    before = load(tmp_path, data_tree(root))
+    staged = tmp_path / "staged.json"
+    staged.write_text(edited)
+    stat = path.stat()
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(staged), str(path)], check=True)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    after = load(tmp_path, data_tree(root))
+    sample = str(person["image_id"])
+    old = {a["id"]: a["category_id"] for a in before.records[sample].annotations}
+    new = {a["id"]: a["category_id"] for a in after.records[sample].annotations}
+    assert old[person["id"]] == 1 and new[person["id"]] == 3  # the replaced file is what is served
+    assert {k: v for k, v in old.items() if k != person["id"]} == {k: v for k, v in new.items() if k != person["id"]}
+    # and back: the original bytes (again same size and times) are served from their first cache entry
+    staged.write_text(original)
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(staged), str(path)], check=True)
+    assert snapshot(load(tmp_path, data_tree(root))) == snapshot(before)
+    assert len(list(private_cache.glob("*.json"))) == 2
+
+
+def test_the_key_is_the_content_not_the_path_or_times(tmp_path):
+    config = load_config(write_config(tmp_path, {"data": {"root": str(tmp_path)}}))
+    first, second, other = tmp_path / "a.json", tmp_path / "copy" / "b.json", tmp_path / "c.json"
+    second.parent.mkdir()
+    first.write_bytes(b'{"images": [], "annotations": [], "categories": []}')
+    second.write_bytes(first.read_bytes())
+    other.write_bytes(first.read_bytes().replace(b"[]}", b"[] }"))
+    os.utime(second, ns=(1, 1))
+    assert index_cache.cache_key(config, first) == index_cache.cache_key(config, second)
+    assert index_cache.cache_key(config, first) != index_cache.cache_key(config, other)
+    assert index_cache.content_digest(first) == hashlib.sha256(first.read_bytes()).hexdigest()
+    supercategory = load_config(write_config(tmp_path, {"data": {"root": str(tmp_path)},
+                                                        "labels": {"mode": "supercategory"}}, "s.yaml"))
+    assert index_cache.cache_key(supercategory, first) != index_cache.cache_key(config, first)
 
 
 def test_two_processes_building_the_cache_at_once_both_succeed(tmp_path, private_cache, generated_root):
