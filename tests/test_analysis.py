@@ -112,6 +112,58 @@ def test_analyze_resumes_without_redoing_finished_batches(tmp_path, small_model)
                                   check_exact=False, rtol=1e-5)
 
 
+def test_a_rerun_after_the_labels_changed_or_with_another_batch_size_recomputes(tmp_path, small_model,
+                                                                                   generated_root):
+    """Resumable parts never serve results of other inputs: fixed labels (copied in with ``cp -p``, same size and
+    times) are what the rerun reports; another --batch-size starts afresh instead of failing."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(generated_root, root)
+    config = write_config(tmp_path, data_tree(root) | {"image_size": 64, "model": {"path": str(small_model["model"])}})
+    out = tmp_path / "analysis"
+    args = ["analyze", "--model", str(small_model["model"]), "--out", str(out), "--batch-size", "2"]
+    first = cli(*args, home=tmp_path, config=config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+
+    path = root / "annotations" / "instances_val2017.json"
+    dataset = json.loads(path.read_text())
+    person = next(a for a in dataset["annotations"] if a["category_id"] == 1 and not a.get("iscrowd")
+                  and str(a["image_id"]) in before.index)
+    relabelled = json.dumps(dict(dataset, annotations=[dict(a, category_id=3) if a["id"] == person["id"] else a
+                                                       for a in dataset["annotations"]]))
+    staged = tmp_path / "fixed.json"
+    staged.write_text(relabelled)
+    path.write_text(json.dumps(dataset))  # same formatting as the relabelled file: same size
+    assert staged.stat().st_size == path.stat().st_size
+    first = cli(*args, home=tmp_path, config=config)  # the reference for this exact file
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+    stat = path.stat()
+    import os
+
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(staged), str(path)], check=True)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    second = cli(*args, home=tmp_path, config=config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+    sample = str(person["image_id"])
+    assert after.loc[sample, "car_count"] == reference.loc[sample, "car_count"] + 1
+    assert after.loc[sample, "person_count"] == reference.loc[sample, "person_count"] - 1
+    assert after.loc[sample, "loss"] != pytest.approx(reference.loc[sample, "loss"])
+    others = [i for i in reference.index if i != sample]
+    pd.testing.assert_series_equal(after.loc[others, "loss"], reference.loc[others, "loss"], rtol=1e-5)
+
+    third = cli(*args[:-1], "3", home=tmp_path, config=config)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert len(list((out / "work" / "validation").glob("part-*.parquet"))) == -(-len(after) // 3)
+    rebatched = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+    pd.testing.assert_frame_equal(rebatched[["loss", "mean_iou", "car_count"]], after[["loss", "mean_iou", "car_count"]],
+                                  check_exact=False, rtol=1e-5)
+
+
 def test_analyze_with_an_unlabeled_split_ranks_images_to_label(tmp_path, small_model, generated_root):
     tree = {"data": {"root": str(generated_root), "splits": {"unlabeled": {"images": "val2017"}}},
             "image_size": 64, "model": {"path": str(small_model["model"])}}

@@ -9,7 +9,8 @@ Algorithm:
    global-average-pooled, by default the encoder's last block. Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-
    segmentation counts, thumbnail) go to a parquet part file and the embeddings to a .npy part, written atomically;
    probabilities (float16, N×K×S×S) and label maps go to on-disk memmaps. A rerun skips finished batches, so an
-   interrupted run loses nothing; a different model, config or sample list starts afresh.
+   interrupted run loses nothing; a different model file, config, annotation file, image file, sample list or batch
+   size starts afresh (the manifest keys the model and the labels by their sha256, the images by their identities).
 2. From the gathered table: latent map (UMAP, PCA fallback), clusters and nearest neighbours; metadata dashboards;
    label issues with cleanlab.segmentation (confident learning on the memmapped probabilities, chunked, so the
    N×K×S×S array is never in memory); pruning and labelling suggestions.
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.visualizers import denormalize_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-WORK_FORMAT = 1
+WORK_FORMAT = 2  # 2: keyed on model, config, labels, images and batch size
 THUMBNAIL_SIZE = 96
 GALLERY_SIZE = 24  # label-issue images shown with their panels
 CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
@@ -156,11 +158,49 @@ class StreamedSplit:
     predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
 
 
-def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: Config, layer: str) -> dict:
-    digest = hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()
-    stat = model_path.stat()
-    return {"format": WORK_FORMAT, "split": split, "samples": len(sample_ids), "sample_ids_sha256": digest,
-            "model": str(model_path.resolve()), "model_size": stat.st_size, "model_mtime": stat.st_mtime,
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def _config_digest(config: Config) -> str:
+    """Every config value (paths as strings), hashed: any change to the config keys a new analysis."""
+    fields = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _images_digest(data: Any, sample_ids: Sequence[str]) -> str:
+    """The image files' identities in sample order: size, modification and status-change times, inode. A rewrite,
+    ``cp -p`` or ``rsync -t`` changes the status-change time, which no user call sets back, so a changed image is
+    always seen (hashing every image's bytes would cost a second read of the whole split)."""
+    digest = hashlib.sha256()
+    for sample_id in sample_ids:
+        path = data.records[sample_id].path
+        try:
+            stat = os.stat(path)
+            digest.update(f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n"
+                          .encode())
+        except OSError:
+            digest.update(f"{sample_id}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: Config, layer: str, *,
+              data: Any, batch_size: int) -> dict:
+    """What the resumable parts depend on; a part is reused only under an equal manifest. The model and the
+    labels by their bytes, the images by their identities, the whole config, the sample list and the batch size
+    (part files hold one batch each)."""
+    model_files = [model_path] + ([model_path.with_suffix(s) for s in KERAS_SUFFIXES
+                                   if model_path.with_suffix(s).is_file()] if model_path.suffix.lower() == ONNX_SUFFIX
+                                  else [])
+    annotations = getattr(data, "annotations_path", None)
+    return {"format": WORK_FORMAT, "split": split, "samples": len(sample_ids),
+            "sample_ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest(),
+            "model": str(model_path.resolve()),
+            "model_sha256": {p.name: _file_sha256(p) for p in model_files},
+            "config_sha256": _config_digest(config),
+            "annotations_sha256": None if annotations is None else _file_sha256(annotations),
+            "images_sha256": _images_digest(data, sample_ids), "batch_size": batch_size,
             "label_mode": config.label_mode, "classes": list(config.class_names), "image_size": config.image_size,
             "embedding": layer}
 
@@ -187,10 +227,10 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
     from coco_seg.metadata import metadata_names
 
     labeled = split != "unlabeled"
-    manifest = _manifest(split, sample_ids, model_path, config, embedding)
+    manifest = _manifest(split, sample_ids, model_path, config, embedding, data=response.data, batch_size=batch_size)
     manifest_path = work / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        for stale in work.iterdir():  # another model, config or sample list: nothing here can be reused
+        for stale in work.iterdir():  # another model, config, labels, images, samples or batch size: start afresh
             stale.unlink()
     work.mkdir(parents=True, exist_ok=True)
     write_json(manifest_path, manifest)
