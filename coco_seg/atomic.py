@@ -24,6 +24,11 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(temp))
         os.chmod(temp, 0o644)
         os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        if error.filename is None:  # some writers (pyarrow, h5py) name no file: the error names the target
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

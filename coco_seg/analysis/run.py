@@ -206,11 +206,34 @@ def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: C
 
 
 def _open_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if path.is_file():
-        array = np.load(path, mmap_mode="r+")
-        if array.shape == shape and array.dtype == dtype:
-            return array
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    """An .npy memmap of ``shape``, reused when the file already holds one, its blocks allocated on disk up front:
+    writing into a memmap whose sparse file finds the disk full kills the process with SIGBUS, while allocating
+    first turns a full disk into an OSError naming the file here (which the CLI reports in one line), and leaves
+    no half-allocated file behind."""
+    try:
+        if not (path.is_file() and _holds(path, dtype, shape)):
+            header_only = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            del header_only  # the header is written, the rest is still a hole
+        if hasattr(os, "posix_fallocate"):  # not on macOS or Windows: there the file stays sparse
+            descriptor = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
+            finally:
+                os.close(descriptor)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        needed = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raise OSError(error.errno, f"cannot allocate {needed} bytes for the analysis "
+                                   f"({error.strerror or os.strerror(error.errno or 0)})", str(path)) from None
+    return np.load(path, mmap_mode="r+")
+
+
+def _holds(path: Path, dtype, shape: tuple[int, ...]) -> bool:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    return array.shape == shape and array.dtype == dtype
 
 
 def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: Sequence[str],
