@@ -32,15 +32,22 @@ class ClassPixelStatistics:
         return {"pixels": self.pixels.tolist(), "image_pixels": self.image_pixels.tolist()}
 
 
-def class_pixel_statistics(split: SplitData) -> ClassPixelStatistics:
-    """The pixel statistics of every sample of a labeled split (its annotations only; no image is read)."""
+def _counts_per_record(split: SplitData):
+    """(record, its mask-value pixel counts (K+1,)) for every sample, from RLE areas (no image is read)."""
     num_targets = len(split.config.target_classes)
-    pixels = np.zeros(num_targets + 1, np.int64)
-    image_pixels = np.zeros(num_targets + 1, np.int64)
     for record in split.records.values():
         unions = class_unions(record.annotations, height=record.height, width=record.width,
                               class_of_category=split.class_of_category)
-        counts = class_pixel_counts(unions, height=record.height, width=record.width, num_target_classes=num_targets)
+        yield record, class_pixel_counts(unions, height=record.height, width=record.width,
+                                         num_target_classes=num_targets)
+
+
+def class_pixel_statistics(split: SplitData) -> ClassPixelStatistics:
+    """The pixel statistics of every sample of a labeled split (its annotations only; no image is read)."""
+    num_classes = len(split.config.target_classes) + 1
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for record, counts in _counts_per_record(split):
         pixels += counts
         image_pixels += np.where(counts > 0, record.height * record.width, 0)
     return ClassPixelStatistics(pixels, image_pixels)
@@ -62,15 +69,8 @@ def median_frequency_weights(statistics: ClassPixelStatistics) -> tuple[float, .
 
 def class_presence(split: SplitData) -> np.ndarray:
     """(N, K+1) bool, row i for ``split.sample_ids[i]``: which mask values its label mask holds (annotations only)."""
-    num_targets = len(split.config.target_classes)
-    presence = np.zeros((len(split.sample_ids), num_targets + 1), bool)
-    for row, sample_id in enumerate(split.sample_ids):
-        record = split.records[sample_id]
-        unions = class_unions(record.annotations, height=record.height, width=record.width,
-                              class_of_category=split.class_of_category)
-        presence[row] = class_pixel_counts(unions, height=record.height, width=record.width,
-                                           num_target_classes=num_targets) > 0
-    return presence
+    rows = [counts > 0 for _, counts in _counts_per_record(split)]
+    return np.array(rows, bool).reshape(len(rows), len(split.config.target_classes) + 1)
 
 
 def repeat_factors(presence: np.ndarray, *, threshold: float) -> np.ndarray:

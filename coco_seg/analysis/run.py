@@ -36,6 +36,7 @@ import pandas as pd
 from coco_seg import metrics
 from coco_seg.atomic import write_atomically as _atomic_write
 from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
+from coco_seg.index_cache import content_digest, file_identity
 from coco_seg.visualizers import denormalize_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -158,11 +159,6 @@ class StreamedSplit:
     predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
 
 
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
 def _config_digest(config: Config) -> str:
     """Every config value (paths as strings), hashed: any change to the config keys a new analysis."""
     fields = {name: getattr(config, name) for name in config.__dataclass_fields__}
@@ -177,9 +173,7 @@ def _images_digest(data: Any, sample_ids: Sequence[str]) -> str:
     for sample_id in sample_ids:
         path = data.records[sample_id].path
         try:
-            stat = os.stat(path)
-            digest.update(f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n"
-                          .encode())
+            digest.update(f"{sample_id}\0{file_identity(os.stat(path))}\n".encode())
         except OSError:
             digest.update(f"{sample_id}\0missing\n".encode())
     return digest.hexdigest()
@@ -197,9 +191,9 @@ def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: C
     return {"format": WORK_FORMAT, "split": split, "samples": len(sample_ids),
             "sample_ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest(),
             "model": str(model_path.resolve()),
-            "model_sha256": {p.name: _file_sha256(p) for p in model_files},
+            "model_sha256": {p.name: content_digest(p) for p in model_files},
             "config_sha256": _config_digest(config),
-            "annotations_sha256": None if annotations is None else _file_sha256(annotations),
+            "annotations_sha256": None if annotations is None else content_digest(annotations),
             "images_sha256": _images_digest(data, sample_ids), "batch_size": batch_size,
             "label_mode": config.label_mode, "classes": list(config.class_names), "image_size": config.image_size,
             "embedding": layer}
