@@ -74,8 +74,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_orphans(target: Path) -> None:
-    """Temporaries of an earlier run on ``target`` that was killed (its process is gone)."""
+def _remove_orphans(target: Path, *, carry: Iterable[str] = ()) -> None:
+    """Temporaries of an earlier run on ``target`` that was killed (its process is gone). A ``carry`` entry that
+    the killed run had already moved into its new folder is moved back into ``target`` first, so it survives."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)-[^/]*-coco-seg")
     for orphan in target.parent.glob(f".{glob.escape(target.name)}.*-coco-seg"):
         match = pattern.fullmatch(orphan.name)
@@ -83,6 +84,10 @@ def _remove_orphans(target: Path) -> None:
             continue
         pid = int(match.group(1))
         if pid != os.getpid() and not _pid_alive(pid):
+            for name in carry:
+                if (orphan / name).exists() and not (target / name).exists():
+                    target.mkdir(parents=True, exist_ok=True)
+                    os.replace(orphan / name, target / name)
             shutil.rmtree(orphan, ignore_errors=True)
 
 
@@ -104,7 +109,25 @@ def foreign_files(target: Path, *, known: Iterable[str] = ()) -> list[str]:
     return [name for name in _files_under(target) if name not in owned]
 
 
-def replace_folder(target: Path, build: Callable[[Path], None], *, known: Iterable[str] = ()) -> None:
+def prepare_folder(target: Path, *, known: Iterable[str] = (), carry: Iterable[str] = ()) -> Path:
+    """The checks :func:`replace_folder` makes, for a command that works inside ``target`` (in its ``carry``
+    entries) long before it replaces it: remove a killed run's temporaries (rescuing what it carried) and refuse a
+    folder holding files coco-seg did not write, before any work is done. Returns ``target``, absolute."""
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    carry = tuple(carry)
+    _remove_orphans(target, carry=carry)
+    foreign = [name for name in foreign_files(target, known=known)
+               if not any(name == c or name.startswith(f"{c}/") for c in carry)]  # a carried folder is ours
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputFolderError(f"refusing to write into {target}: it holds files coco-seg did not write ({listed}); "
+                                f"choose a new or empty folder, or move them away")
+    return target
+
+
+def replace_folder(target: Path, build: Callable[[Path], None], *, known: Iterable[str] = (),
+                   carry: Iterable[str] = ()) -> None:
     """Write a whole output folder: ``build`` fills a temporary sibling, which then takes ``target``'s place.
 
     A reader sees the previous folder or the new one, never a mix; a kill or a full disk during ``build`` leaves
@@ -112,19 +135,20 @@ def replace_folder(target: Path, build: Callable[[Path], None], *, known: Iterab
     ``target`` may be absent, empty, or an earlier output of coco-seg (its manifest, or ``known`` names only);
     anything else is refused with :class:`OutputFolderError` before anything is written, since replacing it would
     delete files coco-seg did not write. The new folder's manifest lists every file ``build`` wrote.
+
+    ``carry``: entries of ``target`` (a command's working files, such as analyze's resumable ``work``) that move,
+    by rename, into the new folder after ``build`` succeeded, and back if the swap fails; a kill in between is
+    repaired by the next run (see :func:`prepare_folder`).
     """
-    target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(target)
-    foreign = foreign_files(target, known=known)
-    if foreign:
-        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputFolderError(f"refusing to write into {target}: it holds files coco-seg did not write ({listed}); "
-                                f"choose a new or empty folder, or move them away")
+    carry = tuple(carry)
+    target = prepare_folder(target, known=known, carry=carry)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-{os.getpid()}-",
                                  suffix="-coco-seg"))
     try:
         build(temp)
+        for name in carry:
+            if (target / name).exists():
+                os.replace(target / name, temp / name)
         write_json_atomically(temp / MANIFEST_NAME, {"files": _files_under(temp)})
         os.chmod(temp, 0o755)  # mkdtemp creates 0700; an output folder is as readable as any other output
         if target.exists():
@@ -135,6 +159,12 @@ def replace_folder(target: Path, build: Callable[[Path], None], *, known: Iterab
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(temp, target)
-    except BaseException:
+    except BaseException as error:
+        for name in carry:
+            if (temp / name).exists() and not (target / name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(temp / name, target / name)
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(error, OSError) and error.filename is None:  # a writer that names no file (pyarrow)
+            raise OSError(error.errno, error.strerror or str(error), str(target)) from error
         raise

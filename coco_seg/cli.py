@@ -50,8 +50,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         from coco_seg.training import training_card_fields
 
+        extra = {"trained": True, **training_card_fields(Path(args.checkpoint))}  # first: it settles the journal
         model = load_keras_checkpoint(Path(args.checkpoint))
-        extra = {"trained": True, **training_card_fields(Path(args.checkpoint))}
     paths = export_model(model, Path(args.out), card=model_card_for(config, **extra))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -157,8 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = train(config, out / "run", options, resume=(out / "run" / "train_state.json").is_file())
     checkpoint = out / "run" / "checkpoints" / "best.keras"
     print("[3/5] exporting model.onnx, model.h5 and model_card.json")
-    export_model(load_keras_checkpoint(checkpoint), out / "model",
-                 card=model_card_for(config, trained=True, **training_card_fields(checkpoint)))
+    card = model_card_for(config, trained=True, **training_card_fields(checkpoint))
+    export_model(load_keras_checkpoint(checkpoint), out / "model", card=card)
     print("[4/5] running the Tensorleap engine checks on leap_integration.py")
     passed = print_report(run_checks(config_path=config_path))
     print("[5/5] analysing the training split (where the label defects were planted)")

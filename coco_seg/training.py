@@ -8,10 +8,19 @@ encodes the mask and batches. The loss is pixel cross-entropy on logits, optiona
 optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. After every epoch the model (with its
 optimizer state) is written to ``checkpoints/last.keras``, the best by validation mean IoU to ``best.keras``, and
 ``train_state.json`` records the finished epochs, so ``resume`` continues an interrupted run without losing one.
+
+Checkpoint journal: an epoch's checkpoints are first saved under pending names (``last.pending.keras``), then
+``train_state.json`` is written naming each checkpoint's epoch and sha256 — the commit point — and only then do
+the pending files take their names. A kill before the commit leaves the previous epoch's state and checkpoints
+(the pending files are removed on resume); a kill after it is rolled forward on resume (or when export reads the
+run) by renaming the pending files whose digest the state names. A checkpoint whose digest is neither the
+state's nor its pending file's was changed after training: resume and export refuse it instead of resuming a
+model that the state does not describe.
 """
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +37,7 @@ from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
 from coco_seg.encoders import encode_image, encode_label_mask
 from coco_seg.evaluate import evaluate_split
+from coco_seg.index_cache import content_digest
 from coco_seg.model import build_unet
 
 STATE_NAME = "train_state.json"
@@ -78,6 +88,58 @@ class TrainState:
     class_balance: Optional[dict[str, Any]] = None
     # repeat-factor sampling, when on: the threshold, the images repeated and the samples per epoch
     sampling: Optional[dict[str, Any]] = None
+    # the checkpoint journal: {"last.keras": {"epoch": N, "sha256": ...}, "best.keras": {...}} (see the module
+    # comment); None in a run written before the journal existed
+    checkpoints: Optional[dict[str, dict[str, Any]]] = None
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint of a run folder is not the one its ``train_state.json`` describes."""
+
+
+def _pending(name: str) -> str:
+    """last.keras → last.pending.keras (Keras picks the format from the suffix, so the suffix stays)."""
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.pending.{suffix}"
+
+
+def _take_name(pending: Path, final: Path) -> None:
+    os.replace(pending, final)
+
+
+def write_checkpoints(model: keras.Model, out_dir: Path, state: TrainState, names: list[str]) -> None:
+    """Save ``model`` as each of ``names`` in ``out_dir/checkpoints`` and commit ``state`` with their digests,
+    through the journal of the module comment."""
+    folder = out_dir / "checkpoints"
+    entries = {}
+    for name in names:
+        save_model_atomically(model, folder / _pending(name))
+        entries[name] = {"epoch": state.epochs_done, "sha256": content_digest(folder / _pending(name))}
+    state.checkpoints = {**(state.checkpoints or {}), **entries}
+    _write_json_atomically(out_dir / STATE_NAME, asdict(state))  # the commit point
+    for name in names:
+        _take_name(folder / _pending(name), folder / name)
+
+
+def settle_checkpoints(out_dir: Path, state: TrainState) -> None:
+    """Make ``out_dir/checkpoints`` hold what ``state`` describes: roll a committed epoch forward, drop an
+    uncommitted one; raise :class:`CheckpointMismatch` for a checkpoint that is neither."""
+    folder = out_dir / "checkpoints"
+    for name, entry in (state.checkpoints or {}).items():
+        final, pending = folder / name, folder / _pending(name)
+        if final.is_file() and content_digest(final) == entry["sha256"]:
+            pending.unlink(missing_ok=True)  # an epoch saved but never committed
+        elif pending.is_file() and content_digest(pending) == entry["sha256"]:
+            _take_name(pending, final)  # committed, not yet renamed when the run stopped
+        else:
+            found = "is missing" if not final.is_file() else f"has sha256 {content_digest(final)[:12]}…"
+            raise CheckpointMismatch(
+                f"{final} {found}, but {out_dir / STATE_NAME} describes epoch {entry['epoch']} with sha256 "
+                f"{entry['sha256'][:12]}…: the checkpoint was replaced or changed after training, so the run's "
+                f"state does not describe it; put the original back, or train afresh in another --out")
+    for name in (LAST_NAME, BEST_NAME):
+        if state.checkpoints is None or name not in state.checkpoints:
+            (folder / _pending(name)).unlink(missing_ok=True)
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -227,17 +289,36 @@ class _EpochEnd(keras.callbacks.Callback):
         evaluation = evaluate_split(keras_predict(self.model), self.validation)
         record = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "validation_mean_iou": evaluation.mean_iou,
                   "validation_iou": evaluation.iou, "seconds": round(time.monotonic() - self.started, 1)}
-        checkpoints = self.out_dir / "checkpoints"
-        save_model_atomically(self.model, checkpoints / LAST_NAME)  # before the state: it never runs ahead
+        names = [LAST_NAME]
         if _improves(evaluation.mean_iou, self.state.best_validation):
-            save_model_atomically(self.model, checkpoints / BEST_NAME)
+            names.append(BEST_NAME)
             self.state.best_epoch, self.state.best_validation = epoch + 1, asdict(evaluation)
         self.state.epochs_done = epoch + 1
         self.state.history.append(record)
-        _write_json_atomically(self.out_dir / STATE_NAME, asdict(self.state))
+        write_checkpoints(self.model, self.out_dir, self.state, names)
         per_class = ", ".join(f"{n} {v:.3f}" for n, v in evaluation.iou.items() if v is not None and n != "background")
         self.log(f"epoch {epoch + 1}/{self.params['epochs']}: train loss {record['train_loss']:.4f}, "
                  f"validation mean IoU {evaluation.mean_iou:.3f} ({per_class}), {record['seconds']:.0f} s")
+
+
+RUN_FILES = (STATE_NAME, *(f"checkpoints/{n}" for name in (LAST_NAME, BEST_NAME) for n in (name, _pending(name))))
+
+
+def prepare_run_folder(out_dir: Path) -> None:
+    """Create ``out_dir/checkpoints``; refuse a folder holding files that train does not write (it would overwrite
+    or mix with them), and remove the temporaries that a killed save left (``.last.XXXX.tmp.keras``)."""
+    from coco_seg.atomic import OutputFolderError, foreign_files
+
+    temporaries = [out_dir / Path(name).parent / f".{Path(name).stem}.*.tmp{Path(name).suffix}" for name in RUN_FILES]
+    for pattern in temporaries:
+        for orphan in pattern.parent.glob(pattern.name):
+            orphan.unlink(missing_ok=True)
+    foreign = foreign_files(out_dir, known=RUN_FILES)
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputFolderError(f"refusing to train into {out_dir}: it holds files that train does not write "
+                                f"({listed}); choose a new or empty folder, or move them away")
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
 def _improves(mean_iou: float, best: Optional[dict[str, Any]]) -> bool:
@@ -255,8 +336,7 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
           log: Callable[[str], None] = print) -> TrainState:
     """Train per ``options``; with ``resume`` continue the run in ``out_dir`` after its last finished epoch."""
     keras.utils.set_random_seed(options.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "checkpoints").mkdir(exist_ok=True)
+    prepare_run_folder(out_dir)
     data_root = resolve_data_root(config)
     training = load_labeled_split(config, "training", data_root=data_root)
     validation = load_labeled_split(config, "validation", data_root=data_root)
@@ -286,6 +366,7 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             raise ValueError(f"{out_dir} was trained for {state.label_mode} {state.classes} at {state.image_size} px;"
                              f" the config asks for {config.label_mode} {list(config.class_names)} at "
                              f"{config.image_size} px")
+        settle_checkpoints(out_dir, state)
         model = keras.models.load_model(out_dir / "checkpoints" / LAST_NAME)
         log(f"resuming after epoch {state.epochs_done} of {options.epochs}")
     else:
@@ -347,9 +428,11 @@ def _class_balance(options: TrainOptions, training: SplitData) -> Optional[dict[
 
 def training_card_fields(checkpoint: Path) -> dict[str, Any]:
     """Model-card fields for a checkpoint of a run folder: training data, epochs and validation figures."""
-    state = read_state(checkpoint.resolve().parent.parent)
+    run = checkpoint.resolve().parent.parent
+    state = read_state(run)
     fields: dict[str, Any] = {"checkpoint": checkpoint.name}
     if state is not None:
+        settle_checkpoints(run, state)  # the card describes this very checkpoint, or export refuses
         epoch = state.best_epoch if checkpoint.name == BEST_NAME else state.epochs_done
         fields |= {"training_data": state.split_sizes, "epochs": epoch, "train_options": state.options,
                    "class_balance": state.class_balance,

@@ -13,7 +13,9 @@ Algorithm:
    size starts afresh (the manifest keys the model and the labels by their sha256, the images by their identities).
 2. From the gathered table: latent map (UMAP, PCA fallback), clusters and nearest neighbours; metadata dashboards;
    label issues with cleanlab.segmentation (confident learning on the memmapped probabilities, chunked, so the
-   N×K×S×S array is never in memory); pruning and labelling suggestions.
+   N×K×S×S array is never in memory); pruning and labelling suggestions. A sample whose logits or embedding
+   hold NaN/Inf (a broken model; counted per sample in ``non_finite_logits``) keeps its table row but is left
+   out of all of step 2, with NaN uncertainty; when every sample is such, the analysis stops with an error.
 3. Write samples.parquet / samples.csv, the JSON artefacts and one self-contained report.html.
 """
 
@@ -34,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from coco_seg import metrics
-from coco_seg.atomic import write_atomically as _atomic_write
+from coco_seg.atomic import prepare_folder, replace_folder, write_atomically as _atomic_write
 from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.index_cache import content_digest, file_identity
 from coco_seg.visualizers import denormalize_image
@@ -42,6 +44,10 @@ from coco_seg.visualizers import denormalize_image
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 WORK_FORMAT = 2  # 2: keyed on model, config, labels, images and batch size
 THUMBNAIL_SIZE = 96
+WORK_DIR = "work"  # inside the output folder: the resumable parts; moved along when the folder is replaced
+# what an analysis folder holds (besides work/), so that one written before folder manifests existed counts as ours
+OUTPUT_FILES = ("samples.parquet", "samples.csv", "embeddings.npy", "summary.json", "dashboards.json",
+                "class_swaps.json", "pruning.json", "report.html", "labelling_suggestions.json")
 GALLERY_SIZE = 24  # label-issue images shown with their panels
 CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
 CLASS_COLORS = np.array([[0, 0, 0], [220, 50, 50], [40, 110, 230], [60, 180, 75], [245, 130, 48], [145, 30, 180],
@@ -142,6 +148,19 @@ def data_uri(image_rgb: np.ndarray, *, size: Optional[int] = None, kind: str = "
 
 def colorize(labels: np.ndarray) -> np.ndarray:
     return CLASS_COLORS[np.asarray(labels) % len(CLASS_COLORS)]
+
+
+def non_finite_logit_pixels(logits: np.ndarray) -> np.ndarray:
+    """(N, S, S, K) logits → (N,) int64 count of pixels whose logit vector holds NaN or Inf."""
+    finite = np.isfinite(logits).all(axis=-1)
+    return (~finite).reshape(len(finite), -1).sum(axis=1).astype(np.int64)
+
+
+def usable_rows(samples: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
+    """(N,) bool: samples whose logits and embedding are all finite. The others (a diverged or broken model's
+    output) are kept in the table but left out of the map, clusters, label issues, pruning, dashboards and
+    labelling suggestions, where their placeholder values would read as real results."""
+    return (samples["non_finite_logits"].to_numpy() == 0) & np.isfinite(embeddings).all(axis=1)
 
 
 def mean_pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -281,7 +300,10 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
                                 "file_name": [response.data.records[i].path.name for i in chunk]}
         for name, function in metadata_functions.items():
             rows[name] = [function(i, response) for i in chunk]
-        rows["uncertainty"] = mean_pixel_entropy(probs)
+        rows["non_finite_logits"] = non_finite_logit_pixels(logits)
+        # A pixel with NaN/Inf logits has an all-zero probability vector, whose entropy reads as certainty: such a
+        # sample's uncertainty is unknown, not low.
+        rows["uncertainty"] = np.where(rows["non_finite_logits"] > 0, np.nan, mean_pixel_entropy(probs))
         predicted_labels = probs.argmax(-1).astype(np.uint8)
         predicted[start:start + len(chunk)] = predicted_labels
         if labeled:
@@ -317,39 +339,58 @@ class LabelIssues:
     class_swaps: pd.DataFrame  # given_label, predicted_label, pixels, share
 
 
-def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], work: Path) -> LabelIssues:
-    """cleanlab.segmentation on the memmapped labels and probabilities.
+def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], work: Path,
+                      usable: Optional[np.ndarray] = None) -> LabelIssues:
+    """cleanlab.segmentation on the memmapped labels and probabilities of the ``usable`` rows (default: all).
 
     Confident learning estimates per-class thresholds over the whole split (one ``find_label_issues`` call, which
     batches internally); the image score is cleanlab's ``num_pixel_issues`` score, 1 − share of flagged pixels,
     taken from those split-wide issue masks (cleanlab's own ``get_label_quality_scores`` would re-estimate the
     thresholds on whatever subset it is given). The class-swap summary is cleanlab's ``common_label_issues``,
-    summed over chunks of images so that probabilities are only read a chunk at a time.
+    summed over chunks of images so that probabilities are only read a chunk at a time. Rows outside ``usable``
+    (non-finite model output) take no part in the thresholds: their score is NaN and their issue mask empty. They
+    are copied out a chunk at a time into compacted memmaps, so the split's probabilities are never in memory.
     """
     from cleanlab.segmentation.filter import find_label_issues as cleanlab_find_label_issues
     from cleanlab.segmentation.summary import common_label_issues
 
+    count = len(streamed.labels)
+    usable = np.ones(count, bool) if usable is None else np.asarray(usable, bool)
+    kept = np.flatnonzero(usable)
     labels, probabilities = streamed.labels, streamed.probabilities
-    count = len(labels)
-    issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
-    issue_masks = _open_memmap(work / "label_issues.npy", np.bool_, issues.shape)
-    issue_masks[:] = issues
-    issue_masks.flush()
-    del issues
+    if len(kept) < count:
+        labels = _open_memmap(work / "usable_labels.npy", np.uint8, (len(kept),) + labels.shape[1:])
+        probabilities = _open_memmap(work / "usable_probabilities.npy", np.float16,
+                                     (len(kept),) + probabilities.shape[1:])
+        for start in range(0, len(kept), CLEANLAB_CHUNK):
+            rows = kept[start:start + CLEANLAB_CHUNK]
+            labels[start:start + len(rows)] = streamed.labels[rows]
+            probabilities[start:start + len(rows)] = streamed.probabilities[rows]
+        labels.flush()
+        probabilities.flush()
+    issue_masks = _open_memmap(work / "label_issues.npy", np.bool_, streamed.labels.shape)
+    issue_masks[:] = False
+    image_scores = np.full(count, np.nan)
     swaps: dict[tuple[str, str], int] = {}
-    for start in range(0, count, CLEANLAB_CHUNK):
-        end = min(start + CLEANLAB_CHUNK, count)
-        summary = common_label_issues(issue_masks[start:end], labels[start:end],
-                                      np.asarray(probabilities[start:end], np.float32),
-                                      class_names=list(class_names), verbose=False)
-        for row in summary.itertuples():
-            key = (row.given_label, row.predicted_label)
-            swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
-    total = max(1, int(issue_masks.sum()))
+    if len(kept):
+        issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
+        issue_masks[kept] = issues
+        image_scores[kept] = 1.0 - issues.reshape(len(kept), -1).mean(axis=1)
+        for start in range(0, len(kept), CLEANLAB_CHUNK):
+            end = min(start + CLEANLAB_CHUNK, len(kept))
+            summary = common_label_issues(issues[start:end], labels[start:end],
+                                          np.asarray(probabilities[start:end], np.float32),
+                                          class_names=list(class_names), verbose=False)
+            for row in summary.itertuples():
+                key = (row.given_label, row.predicted_label)
+                swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
+        del issues
+    issue_masks.flush()
+    total = max(1, sum(swaps.values()))
     class_swaps = pd.DataFrame([{"given_label": g, "predicted_label": p, "pixels": n, "share": n / total}
                                 for (g, p), n in sorted(swaps.items(), key=lambda item: -item[1])],
                                columns=["given_label", "predicted_label", "pixels", "share"])
-    return LabelIssues(1.0 - issue_masks.reshape(count, -1).mean(axis=1), issue_masks, class_swaps)
+    return LabelIssues(image_scores, issue_masks, class_swaps)
 
 
 def planted_defect_recall(samples: pd.DataFrame, planted_path: Path, *, split: str) -> Optional[dict[str, Any]]:
@@ -371,7 +412,8 @@ def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame
              *, size: int) -> list[dict[str, Any]]:
     """The most likely mislabelled images with image, GT, prediction and issue-mask panels."""
     entries = []
-    for row in samples.sort_values("label_issue_rank").head(GALLERY_SIZE).itertuples():
+    ranked = samples.dropna(subset=["label_issue_rank"]).sort_values("label_issue_rank")
+    for row in ranked.head(GALLERY_SIZE).itertuples():
         image = images(row.sample_id)
         overlay = image.copy()
         overlay[issues.issue_masks[row.row]] = (255, 255, 0)
@@ -388,7 +430,8 @@ def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame
 def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit: Optional[int] = None,
             batch_size: int = 16, latent_space: str = "tensorleap", embedding_layer: Optional[str] = None,
             neighbors: int = 5, seed: int = 0,
-            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+            progress: bool = True, log: Callable[[str], None] = print,
+            warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
     """Run the whole analysis; returns the summary (also in summary.json and at the top of report.html)."""
     from coco_seg.analysis.dashboards import dashboards_to_records, metadata_dashboards
     from coco_seg.analysis.latent import build_latent_map, labelling_suggestions, pruning_suggestions, pruning_summary
@@ -405,77 +448,107 @@ def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit
     sample_ids = response.sample_ids[:limit]
     model = analysis_model(Path(model_path), config, latent_space=latent_space, embedding_layer=embedding_layer)
     embedding = latent_space if embedding_layer is None else f"{latent_space}:{embedding_layer}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_folder(out_dir, known=OUTPUT_FILES, carry=[WORK_DIR])  # a foreign folder: refused up front
     streamed = stream_split(binder, response, split=split, sample_ids=sample_ids, model=model,
-                            model_path=Path(model_path), config=config, work=out_dir / "work" / split,
+                            model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / split,
                             batch_size=batch_size, embedding=embedding, progress=progress)
     samples = streamed.samples
     log(f"streamed {len(samples)} {split} samples; building the map, dashboards and label issues")
+    usable = usable_rows(samples, streamed.embeddings)
+    samples["degenerate"] = ~usable
+    if not usable.any():
+        raise ValueError(f"the model's output is NaN or Inf in every one of the {len(samples)} samples of split "
+                         f"{split}: nothing to analyse (a diverged or broken model); no report written")
+    if not usable.all():
+        warn(f"coco-seg analyze: warning: the model's output is NaN or Inf in {int((~usable).sum())} of "
+             f"{len(samples)} {split} samples (column non_finite_logits counts their pixels, degenerate marks "
+             f"them); they are left out of the map, clusters, label issues, pruning and dashboards")
+    kept = np.flatnonzero(usable)
+    usable_embeddings = streamed.embeddings[kept]
 
-    latent = build_latent_map(streamed.embeddings, k=neighbors, seed=seed)
+    latent = build_latent_map(usable_embeddings, k=neighbors, seed=seed)
     ids = samples["sample_id"].to_numpy()
-    samples["map_x"], samples["map_y"] = latent.coordinates[:, 0], latent.coordinates[:, 1]
-    samples["cluster"] = latent.clusters
-    samples["neighbors"] = [" ".join(ids[row]) for row in latent.neighbors]
+    samples["map_x"], samples["map_y"] = np.nan, np.nan
+    samples.loc[kept, "map_x"], samples.loc[kept, "map_y"] = latent.coordinates[:, 0], latent.coordinates[:, 1]
+    samples["cluster"] = pd.array([pd.NA] * len(samples), dtype="Int64")
+    samples.loc[kept, "cluster"] = latent.clusters
+    samples["neighbors"] = ""
+    samples.loc[kept, "neighbors"] = [" ".join(ids[kept[row]]) for row in latent.neighbors]
 
-    issues = find_label_issues(streamed, class_names=config.class_names, work=out_dir / "work" / split)
+    issues = find_label_issues(streamed, class_names=config.class_names, work=out_dir / WORK_DIR / split,
+                               usable=usable)
     samples["label_issue_score"] = issues.image_scores
-    samples["label_issue_rank"] = samples["label_issue_score"].rank(method="first").astype(int)
+    samples["label_issue_rank"] = samples["label_issue_score"].rank(method="first").astype("Int64")
 
-    pruning = pruning_suggestions(latent.clusters, samples["loss"].to_numpy(), streamed.embeddings)
-    samples["prune"] = pruning.sort_values("row")["drop"].to_numpy()
+    pruning = pruning_suggestions(latent.clusters, samples["loss"].to_numpy()[kept], usable_embeddings)
+    samples["prune"] = False
+    samples.loc[kept, "prune"] = pruning.sort_values("row")["drop"].to_numpy()
     metadata_columns = list(metadata_names(config))
     iou_columns = [f"iou_{n}" for n in config.class_names]
-    dashboards = metadata_dashboards(samples, metadata_columns=metadata_columns, iou_columns=iou_columns)
+    dashboards = metadata_dashboards(samples.loc[usable], metadata_columns=metadata_columns,
+                                     iou_columns=iou_columns)
 
     labelling = None
     if "unlabeled" in config.splits:
         unlabeled_response = binder.unlabeled_preprocess()
         unlabeled = stream_split(binder, unlabeled_response, split="unlabeled",
                                  sample_ids=unlabeled_response.sample_ids[:limit], model=model,
-                                 model_path=Path(model_path), config=config, work=out_dir / "work" / "unlabeled",
+                                 model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / "unlabeled",
                                  batch_size=batch_size, embedding=embedding, progress=progress)
-        ranking = labelling_suggestions(unlabeled.embeddings, streamed.embeddings,
-                                        unlabeled.samples["uncertainty"].to_numpy(), k=neighbors)
-        labelling = [{"sample_id": unlabeled.samples["sample_id"][r.row], "rank": int(r.rank),
-                      "priority": float(r.priority), "uncertainty": float(r.uncertainty),
-                      "novelty": float(r.novelty)} for r in ranking.itertuples()]
-        write_json(out_dir / "labelling_suggestions.json", labelling)
+        candidates = np.flatnonzero(usable_rows(unlabeled.samples, unlabeled.embeddings))
+        if len(candidates) < len(unlabeled.samples):
+            warn(f"coco-seg analyze: warning: the model's output is NaN or Inf in "
+                 f"{len(unlabeled.samples) - len(candidates)} of {len(unlabeled.samples)} unlabeled samples; "
+                 f"they are left out of the labelling suggestions")
+        labelling = []
+        if len(candidates):
+            ranking = labelling_suggestions(unlabeled.embeddings[candidates], usable_embeddings,
+                                            unlabeled.samples["uncertainty"].to_numpy()[candidates], k=neighbors)
+            labelling = [{"sample_id": unlabeled.samples["sample_id"][candidates[r.row]], "rank": int(r.rank),
+                          "priority": float(r.priority), "uncertainty": float(r.uncertainty),
+                          "novelty": float(r.novelty)} for r in ranking.itertuples()]
 
     data_root = resolve_data_root(config)
     recall = planted_defect_recall(samples, data_root / "planted_defects.json", split=split)
     thumbnails = dict(zip(samples["sample_id"], samples["thumbnail"]))
     table = samples.drop(columns=["thumbnail"])
-    _atomic_write(out_dir / "samples.parquet", lambda temp: table.to_parquet(temp, index=False))
-    _atomic_write(out_dir / "samples.csv", lambda temp: table.to_csv(temp, index=False))
-    _atomic_write(out_dir / "embeddings.npy", lambda temp: np.save(temp, streamed.embeddings))
-
     dashboard_records = dashboards_to_records(dashboards)
     cluster_table = pruning_summary(pruning).to_dict("records")
     drop_ids = samples.loc[samples["prune"], "sample_id"].tolist()
+    scored = samples.loc[usable]
     summary = {"model": str(Path(model_path).resolve()), "split": split, "samples": len(samples),
+               "non_finite_samples": int((~usable).sum()),
                "label_mode": config.label_mode, "embedding": embedding, "map_method": latent.method,
-               "mean_loss": float(samples["loss"].mean()),
-               **{f"mean {c}": float(np.nanmean(samples[c])) for c in iou_columns + ["mean_iou"]},
+               "mean_loss": float(scored["loss"].mean()),
+               **{f"mean {c}": float(np.nanmean(scored[c])) for c in iou_columns + ["mean_iou"]},
                "flagged_metadata_bins": sum(len(d["flagged_bins"]) for d in dashboard_records),
                "suggested_to_prune": len(drop_ids)}
     if recall is not None:
         summary["planted_defect_recall"] = recall["recall"]
         summary["planted_defects_found"] = f"{recall['found_in_top']} of {recall['planted']} in the top {recall['top']}"
-    write_json(out_dir / "summary.json", summary)
-    write_json(out_dir / "dashboards.json", dashboard_records)
-    write_json(out_dir / "class_swaps.json", issues.class_swaps.to_dict("records"))
-    write_json(out_dir / "pruning.json", {"clusters": cluster_table, "drop_ids": drop_ids})
-
     drops_by_cluster = samples[samples["prune"]].groupby("cluster")["sample_id"].apply(list).to_dict()
     gallery = _gallery(streamed, issues, samples,
                        lambda sid: denormalize_image(binder.image_encoder(sid, response)), size=config.image_size)
     color_fields = ["loss", "mean_iou", "cluster", "label_issue_score", "uncertainty"] + metadata_columns
-    report = write_report(out_dir / "report.html", title=f"coco-seg analysis: {split}", samples=table,
-                          class_names=config.class_names, color_fields=color_fields, thumbnails=thumbnails,
-                          dashboards=dashboard_records, label_issues=gallery,
-                          class_swaps=issues.class_swaps.to_dict("records"),
-                          pruning=[{**c, "drop_ids": drops_by_cluster.get(c["cluster"], [])} for c in cluster_table],
-                          labelling=labelling, summary=summary)
-    summary["report"] = str(report)
+
+    def build(folder: Path) -> None:
+        """Every artefact, into the new folder that replaces ``out_dir`` whole (``work`` moves in after it)."""
+        table.to_parquet(folder / "samples.parquet", index=False)
+        table.to_csv(folder / "samples.csv", index=False)
+        np.save(folder / "embeddings.npy", streamed.embeddings)
+        if labelling is not None:
+            write_json(folder / "labelling_suggestions.json", labelling)
+        write_json(folder / "summary.json", summary)
+        write_json(folder / "dashboards.json", dashboard_records)
+        write_json(folder / "class_swaps.json", issues.class_swaps.to_dict("records"))
+        write_json(folder / "pruning.json", {"clusters": cluster_table, "drop_ids": drop_ids})
+        write_report(folder / "report.html", title=f"coco-seg analysis: {split}", samples=table,
+                     class_names=config.class_names, color_fields=color_fields, thumbnails=thumbnails,
+                     dashboards=dashboard_records, label_issues=gallery,
+                     class_swaps=issues.class_swaps.to_dict("records"),
+                     pruning=[{**c, "drop_ids": drops_by_cluster.get(c["cluster"], [])} for c in cluster_table],
+                     labelling=labelling, summary=summary)
+
+    replace_folder(out_dir, build, known=OUTPUT_FILES, carry=[WORK_DIR])
+    summary["report"] = str(out_dir / "report.html")
     return summary
