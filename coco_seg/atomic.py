@@ -34,17 +34,39 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, ±Inf) replaced by None, through dicts, lists and tuples: what
-    strict JSON parsers (jq, JavaScript's JSON.parse, Python's ``parse_constant`` checks) accept. An undefined figure
-    (a class that never occurs, a run whose every sample failed) is ``null``, never the non-JSON token ``NaN``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    return value
+def strict_json(value: Any, *, fallback: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` as plain JSON types, the one sanitiser every JSON artefact goes through: every non-finite float
+    (NaN, ±Inf) and every missing value (None, ``pd.NA``, ``NaT``) becomes None, numpy scalars and arrays become
+    Python numbers and lists, sets and tuples lists, mapping keys strings; anything else goes through ``fallback``
+    (the report passes ``str``) or, without one, is a TypeError (as ``json.dumps`` would raise). That is what
+    strict JSON parsers (jq, JavaScript's JSON.parse, Python's ``parse_constant`` checks) accept: an undefined
+    figure (a class that never occurs, a run whose every sample failed) is ``null``, never the token ``NaN``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)) or hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
+        kind = getattr(getattr(value, "dtype", None), "kind", None)
+        if kind == "b":
+            return bool(value)
+        if isinstance(value, int) or kind in ("i", "u"):
+            return int(value)
+        if isinstance(value, float) or kind == "f":
+            number = float(value)
+            return number if math.isfinite(number) else None
+    if isinstance(value, dict) or hasattr(value, "items") and callable(value.items):
+        return {str(key): strict_json(item, fallback=fallback) for key, item in value.items()}
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy arrays
+        return strict_json(value.tolist(), fallback=fallback)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [strict_json(item, fallback=fallback) for item in value]
+    try:
+        missing = bool(value != value)  # NaT and float-like missing values are unequal to themselves
+    except TypeError:
+        missing = True  # pd.NA: every comparison with it is NA, whose truth value is undefined
+    if missing:
+        return None
+    if fallback is None:
+        raise TypeError(f"a {type(value).__name__} cannot be written as JSON: {value!r:.80}")
+    return fallback(value)
 
 
 def write_json_atomically(path: Path, payload: Any, *, indent: int | None = 2) -> None:

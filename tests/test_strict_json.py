@@ -32,9 +32,26 @@ def test_strict_json_keeps_finite_values_exactly():
 
 def test_a_value_json_cannot_hold_is_refused_not_written(tmp_path):
     path = tmp_path / "out.json"
-    with pytest.raises(TypeError):
-        write_json_atomically(path, {"array": np.zeros(2)})
+    with pytest.raises(TypeError, match="a object cannot be written as JSON"):
+        write_json_atomically(path, {"thing": object()})
     assert not path.exists() and not list(tmp_path.iterdir())  # no temporary left behind either
+
+
+def test_numpy_pandas_sets_and_keys_become_plain_json(tmp_path):
+    """The one sanitiser: what the analysis hands it (numpy scalars and arrays, pandas' missing values, sets,
+    integer keys) comes out as the plain value, NaN inside arrays as null."""
+    import pandas as pd
+
+    payload = {1: np.float32(1.5), "int": np.int64(-3), "uint": np.uint8(200), "bool": np.bool_(False),
+               "array": np.array([[1.0, np.nan], [np.inf, 2.0]]), "ints": np.arange(3), "zero_d": np.array(2.5),
+               "set": {7}, "na": pd.NA, "nat": pd.NaT, "nan32": np.float32("nan"), "tuple": (np.int32(1), None)}
+    path = tmp_path / "out.json"
+    write_json_atomically(path, payload)
+    assert strict_load(path.read_text()) == {
+        "1": 1.5, "int": -3, "uint": 200, "bool": False, "array": [[1.0, None], [None, 2.0]], "ints": [0, 1, 2],
+        "zero_d": 2.5, "set": [7], "na": None, "nat": None, "nan32": None, "tuple": [1, None]}
+    assert type(strict_json(np.int64(2))) is int and type(strict_json(np.float16(0.5))) is float
+    assert strict_json({"when": pd.Timestamp("2020-01-02")}, fallback=str) == {"when": "2020-01-02 00:00:00"}
 
 
 @pytest.mark.parametrize(("mean_iou", "best", "expected"), [

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from coco_seg.atomic import write_atomically
+from coco_seg.atomic import strict_json, write_atomically
 
 __all__ = ["MAP_DIV_ID", "write_report"]
 
@@ -42,31 +42,6 @@ REQUIRED_COLUMNS = ("sample_id", "map_x", "map_y")
 
 
 # ---------------------------------------------------------------------------------------------------- values
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: NaN / ±inf → None, numpy and pandas scalars → Python, containers recursed."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
 
 
 def _is_missing(value: Any) -> bool:
@@ -113,7 +88,7 @@ def _data_uri(value: Any) -> str | None:
 
 def _json_for_script(obj: Any) -> str:
     """Strict JSON (no NaN) safe to inline in a <script> element: <, >, & and the JS line separators escaped."""
-    text = json.dumps(_plain(obj), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(strict_json(obj, fallback=str), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, escaped)
@@ -395,6 +370,53 @@ def _labelling_html(labelling: Sequence[Mapping[str, Any]] | None, thumbs: Mappi
                                                                  for r in labelling)))
 
 
+INSIGHT_THUMBS = 8  # thumbnails shown per insight card (the full ranked list is in insights.json)
+EVIDENCE_ROWS = 50  # rows of an evidence table shown on the page
+
+
+def _evidence_html(evidence: Mapping[str, Any]) -> str:
+    """An insight's evidence: scalars as a two-column table, lists of records as tables, nested mappings inline."""
+    scalars, tables = [], []
+    for key, value in evidence.items():
+        label = _e(str(key).replace("_", " "))
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            rows = [{k: _fmt(v) if isinstance(v, (list, tuple)) else v for k, v in record.items()}
+                    for record in value[:EVIDENCE_ROWS]]
+            extra = f'<p class="muted">first {EVIDENCE_ROWS} of {len(value)}</p>' if len(value) > EVIDENCE_ROWS else ""
+            tables.append(f"<h4>{label}</h4>" + _records_table(rows, [], cls="inner") + extra)
+        elif isinstance(value, Mapping) and any(isinstance(v, (Mapping, list, tuple)) for v in value.values()):
+            tables.append(f"<h4>{label}</h4>" + _evidence_html(value))
+        else:
+            scalars.append([label, _e(_fmt(value))])
+    return (_table(["", ""], scalars, cls="inner") if scalars else "") + "".join(tables)
+
+
+def _insights_html(insights: Sequence[Mapping[str, Any]] | None, thumbs: Mapping[str, str]) -> str:
+    if insights is None:
+        return "<p>No insights were computed.</p>"
+    if not insights:
+        return ("<p>No finding holds at the configured significance (after correcting for the number of tests): "
+                "no low-performance cluster, metadata trend, label issue, out-of-distribution sample, duplicate, "
+                "leakage or domain gap.</p>")
+    cards = []
+    for number, finding in enumerate(insights, start=1):
+        severity = finding.get("severity")
+        level = "high" if (severity or 0) >= 0.5 else "medium" if (severity or 0) >= 0.2 else "low"
+        ids = [str(i) for i in finding.get("sample_ids", [])]
+        shown = "".join(_thumb(i) for i in ids[:INSIGHT_THUMBS] if i in thumbs)
+        more = f'<span class="muted">+{len(ids) - INSIGHT_THUMBS} more</span>' if len(ids) > INSIGHT_THUMBS else ""
+        cards.append(
+            f'<article class="insight {level}" data-kind="{_e(finding.get("kind", ""))}">'
+            f'<h3><span class="badge {level}" title="severity (0-1)">{_e(_fmt(severity))}</span> '
+            f'<span class="kind">{_e(finding.get("kind", ""))}</span> {number}. {_e(finding.get("title", ""))}</h3>'
+            f'<p>{_e(finding.get("summary", ""))}</p>'
+            f'<div class="insight-thumbs">{shown}{more}</div>'
+            f'<details><summary>evidence and sample ids</summary>{_evidence_html(finding.get("evidence", {}))}'
+            f'<ul class="ids">{"".join(f"<li>{_e(i)}</li>" for i in ids)}</ul></details></article>')
+    return ('<p class="note">Findings ordered by severity (0-1); each holds after correcting for the number of '
+            'tests. Thumbnails: the most representative samples first.</p>' + "".join(cards))
+
+
 # ---------------------------------------------------------------------------------------------------- page
 
 _CSS = """
@@ -450,6 +472,12 @@ tr[data-select]:hover{background:#eef5ff}
 .panels img,.panels .na{width:180px;height:180px;object-fit:contain;background:#f0f0f0;border-radius:3px;
   display:flex;align-items:center;justify-content:center;image-rendering:pixelated}
 ul.ids{font-family:ui-monospace,monospace;font-size:12px}
+.insight{border:1px solid #ddd;border-left:6px solid #bbb;border-radius:5px;padding:6px 12px;margin:10px 0}
+.insight.high{border-left-color:#c33}.insight.medium{border-left-color:#e90}.insight.low{border-left-color:#9ab}
+.insight h3{margin:4px 0;font-size:16px}.insight .kind{font-family:ui-monospace,monospace;font-size:12px;color:#555}
+.badge{display:inline-block;min-width:36px;text-align:center;border-radius:10px;padding:1px 6px;color:#fff;
+  font-size:12px;background:#9ab}.badge.high{background:#c33}.badge.medium{background:#e90}
+.insight-thumbs{display:flex;gap:6px;flex-wrap:wrap;align-items:center}
 #report-error{background:#fde8e8;border:1px solid #d66;padding:8px;margin:10px 0}
 """
 
@@ -736,12 +764,15 @@ def _page(*, title: str, data_json: str, body: str) -> str:
 def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: Sequence[str],
                  color_fields: Sequence[str], thumbnails: Mapping[str, str], dashboards: Sequence[Mapping],
                  label_issues: Sequence[Mapping], class_swaps: Sequence[Mapping], pruning: Sequence[Mapping],
-                 labelling: Sequence[Mapping] | None, summary: Mapping[str, Any]) -> Path:
+                 labelling: Sequence[Mapping] | None, summary: Mapping[str, Any],
+                 insights: Sequence[Mapping] | None = None) -> Path:
     """Write the self-contained HTML report to ``path`` (atomically) and return ``path``.
 
     ``samples`` needs ``sample_id``, ``map_x`` and ``map_y``; ``file_name``, ``loss``, ``mean_iou``,
     ``iou_<class>``, ``cluster``, ``label_issue_score`` and ``neighbors`` (space-separated ids) are used when
     present. Colour fields missing from ``samples`` are listed on the page and left out of the selector.
+    ``insights``: the findings of coco_seg.analysis.insights (records), shown first; their sample ids are keys of
+    ``samples``.
     Samples without finite map coordinates stay in the tables but are not plotted.
     """
     path = Path(path)
@@ -780,6 +811,7 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
         notes.append("Colour fields not in the sample table: " + ", ".join(_e(f) for f in absent_fields) + ".")
     files = {sid: f for sid, f in zip(points["id"], points["file"]) if f}
     sections = [
+        ("insights", "Insights", _insights_html(insights, thumbs)),
         ("summary", "Summary", _summary_html(summary)),
         ("map", "Latent map",
          f'<div class="controls"><label>colour by <select id="{COLOR_SELECT_ID}">{options}</select></label>'
