@@ -113,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from coco_seg.analysis.run import analyze
 
     load_config()  # fail fast on a bad config, before the binder is imported
-    summary = analyze(model_path=Path(args.model), out_dir=Path(args.out), split=args.split, limit=args.limit,
+    summary = analyze(model_path=Path(args.model), out_dir=Path(args.out), splits=args.split, limit=args.limit,
                       batch_size=args.batch_size, latent_space=args.latent_space,
                       embedding_layer=args.embedding_layer)
     for key, value in summary.items():
@@ -161,8 +161,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     export_model(load_keras_checkpoint(checkpoint), out / "model", card=card)
     print("[4/5] running the Tensorleap engine checks on leap_integration.py")
     passed = print_report(run_checks(config_path=config_path))
-    print("[5/5] analysing the training split (where the label defects were planted)")
-    analysis = analyze(model_path=out / "model" / "model.onnx", out_dir=out / "analysis", split="training")
+    print("[5/5] analysing the training and validation splits (the label defects were planted in training)")
+    analysis = analyze(model_path=out / "model" / "model.onnx", out_dir=out / "analysis",
+                       splits=["training", "validation"])
     print(f"\ndemo {'finished' if passed else 'FAILED'} in {time.monotonic() - started:.0f} s")
     print(f"  data:     {summary.out_dir} ({summary.training_images} training, {summary.validation_images} "
           f"validation images, {summary.planted_defects} planted label defects)")
@@ -234,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="offline analysis report: map, dashboards, label issues, ...")
     analyze.add_argument("--model", required=True, help=".onnx (with its model.h5 beside it), .h5 or .keras")
     analyze.add_argument("--out", required=True)
-    analyze.add_argument("--split", default="validation", choices=["training", "validation"])
+    analyze.add_argument("--split", metavar="NAME[,NAME...]",
+                         help="splits analysed together in one embedding space, comma-separated (default: every "
+                              "labeled split configured, plus unlabeled when configured)")
     analyze.add_argument("--limit", type=int, help="first N samples of the split")
     analyze.add_argument("--batch-size", type=int, default=16)
     analyze.add_argument("--latent-space", choices=["tensorleap", "encoder"], default="tensorleap",

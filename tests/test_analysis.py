@@ -43,6 +43,7 @@ def demo(tmp_path_factory) -> Path:
 def test_demo_ranks_planted_label_defects_at_the_top(demo):
     planted = json.loads((demo / "data" / "planted_defects.json").read_text())["planted"]
     samples = pd.read_parquet(demo / "analysis" / "samples.parquet")
+    samples = samples[samples["split"] == "training"]  # where the defects were planted
     ranked = samples.sort_values("label_issue_score")["sample_id"].tolist()
     top = set(ranked[:2 * len(planted)])
     found = sum(str(p["image_id"]) in top for p in planted)
@@ -56,11 +57,14 @@ def test_demo_ranks_planted_label_defects_at_the_top(demo):
 
 def test_demo_tables_hold_every_field_for_every_sample(demo):
     samples = pd.read_parquet(demo / "analysis" / "samples.parquet")
-    csv = pd.read_csv(demo / "analysis" / "samples.csv", dtype={"sample_id": str})
+    csv = pd.read_csv(demo / "analysis" / "samples.csv", dtype={"sample_id": str, "key": str})
     assert expected_columns(demo / "config.yaml") <= set(samples.columns)
     assert csv["sample_id"].tolist() == samples["sample_id"].tolist()
-    training = json.loads((demo / "data" / "annotations" / "instances_train2017.json").read_text())
-    assert len(samples) == len({a["image_id"] for a in training["annotations"] if a["category_id"] in (1, 3)})
+    for split, file in (("training", "train"), ("validation", "val")):
+        annotations = json.loads((demo / "data" / "annotations" / f"instances_{file}2017.json").read_text())
+        assert (samples["split"] == split).sum() == len({a["image_id"] for a in annotations["annotations"]
+                                                          if a["category_id"] in (1, 3)})
+    assert samples["key"].tolist() == samples["sample_id"].tolist()  # ids are unique across the two splits
     assert samples["loss"].notna().all() and np.isfinite(samples[["map_x", "map_y"]].to_numpy()).all()
     neighbors = samples["neighbors"].str.split()
     assert all(len(n) == 5 and sid not in n for sid, n in zip(samples["sample_id"], neighbors))
@@ -92,7 +96,8 @@ def small_model(tmp_path_factory, generated_root) -> dict[str, Path]:
 
 def test_analyze_resumes_without_redoing_finished_batches(tmp_path, small_model):
     out = tmp_path / "analysis"
-    args = ["analyze", "--model", str(small_model["model"]), "--out", str(out), "--batch-size", "2"]
+    args = ["analyze", "--model", str(small_model["model"]), "--out", str(out), "--split", "validation",
+            "--batch-size", "2"]
     first = cli(*args, home=tmp_path, config=small_model["config"])
     assert first.returncode == 0, first.stderr[-3000:]
     work = out / "work" / "validation"
@@ -122,7 +127,8 @@ def test_a_rerun_after_the_labels_changed_or_with_another_batch_size_recomputes(
     shutil.copytree(generated_root, root)
     config = write_config(tmp_path, data_tree(root) | {"image_size": 64, "model": {"path": str(small_model["model"])}})
     out = tmp_path / "analysis"
-    args = ["analyze", "--model", str(small_model["model"]), "--out", str(out), "--batch-size", "2"]
+    args = ["analyze", "--model", str(small_model["model"]), "--out", str(out), "--split", "validation",
+            "--batch-size", "2"]
     first = cli(*args, home=tmp_path, config=config)
     assert first.returncode == 0, first.stderr[-3000:]
     before = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
@@ -168,8 +174,8 @@ def test_analyze_with_an_unlabeled_split_ranks_images_to_label(tmp_path, small_m
     tree = {"data": {"root": str(generated_root), "splits": {"unlabeled": {"images": "val2017"}}},
             "image_size": 64, "model": {"path": str(small_model["model"])}}
     config = write_config(tmp_path, tree)
-    result = cli("analyze", "--model", str(small_model["model"]), "--out", str(tmp_path / "out"), home=tmp_path,
-                 config=config)
+    result = cli("analyze", "--model", str(small_model["model"]), "--out", str(tmp_path / "out"), "--split",
+                 "validation,unlabeled", home=tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     suggestions = json.loads((tmp_path / "out" / "labelling_suggestions.json").read_text())
     assert [s["rank"] for s in suggestions] == list(range(1, len(suggestions) + 1))
@@ -206,8 +212,8 @@ def test_analyze_maps_the_same_latent_space_the_integration_registers(tmp_path, 
     from coco_seg.export import load_model, predict_outputs
 
     out = tmp_path / "analysis"
-    result = cli("analyze", "--model", str(small_model["model"]), "--out", str(out), "--limit", "6",
-                 home=tmp_path, config=small_model["config"])
+    result = cli("analyze", "--model", str(small_model["model"]), "--out", str(out), "--split", "validation",
+                 "--limit", "6", home=tmp_path, config=small_model["config"])
     assert result.returncode == 0, result.stderr[-3000:]
     embeddings = np.load(out / "embeddings.npy")
     samples = pd.read_parquet(out / "samples.parquet")
@@ -223,7 +229,7 @@ def test_analyze_maps_the_same_latent_space_the_integration_registers(tmp_path, 
     assert embeddings.shape == expected.shape == (6, config.num_classes * features.shape[-1])
     np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)
 
-    encoder = cli("analyze", "--model", str(small_model["model"]), "--out", str(tmp_path / "encoder"), "--limit",
-                  "6", "--latent-space", "encoder", home=tmp_path, config=small_model["config"])
+    encoder = cli("analyze", "--model", str(small_model["model"]), "--out", str(tmp_path / "encoder"), "--split",
+                  "validation", "--limit", "6", "--latent-space", "encoder", home=tmp_path, config=small_model["config"])
     assert encoder.returncode == 0, encoder.stderr[-3000:]
     assert np.load(tmp_path / "encoder" / "embeddings.npy").shape[1] != embeddings.shape[1]

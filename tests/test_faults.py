@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from _support import REPO_ROOT, data_tree, subprocess_env, write_config
+from coco_seg.analysis.insights import KINDS
+from coco_seg.analysis.run import PART_ARRAYS
 
 FILE_LIMIT = 256 * 1024  # bytes: the exported model files are larger, the config and temp names are not
 
@@ -114,7 +116,8 @@ def test_analyze_on_a_full_disk_is_an_error_not_a_sigbus(small, small_export, tm
     home, config = small
     # 8 samples x 3 classes x 32 x 32 float16 = 48 KiB of probabilities: the manifest fits, the memmap does not
     with tmpfs(tmp_path / "disk", size="40k") as disk:
-        result = analyze_cli("--model", str(small_export), "--out", str(disk / "analysis"), config=config, home=home)
+        result = analyze_cli("--model", str(small_export), "--out", str(disk / "analysis"), "--split", "validation",
+                             config=config, home=home)
         last = assert_one_line(result, "analyze", "cannot allocate")
         assert "No space left on device" in last and str(disk / "analysis" / "work" / "validation") in last
         left = sorted(p.name for p in (disk / "analysis" / "work" / "validation").iterdir())
@@ -179,7 +182,7 @@ def broken_model(*args, **kwargs):
     predict, seen = real_model(*args, **kwargs), [0]
 
     def wrapped(images):
-        logits, features = predict(images)
+        logits, *features = predict(images)
         logits = np.array(logits, copy=True)
         for i in range(len(images)):
             if seen[0] + i in ALL_NAN or "all" in os.environ["ALL_NAN"]:
@@ -187,7 +190,7 @@ def broken_model(*args, **kwargs):
             elif seen[0] + i in ONE_INF:
                 logits[i, 0, 0, 1] = np.inf
         seen[0] += len(images)
-        return logits, features
+        return (logits, *features)
     return wrapped
 
 
@@ -225,23 +228,29 @@ def test_samples_with_non_finite_logits_are_counted_and_kept_out_of_every_rankin
         "unlabeled": {"images": "val2017"}}) | {"image_size": 32})
     script = tmp_path / "broken_cli.py"
     script.write_text(BROKEN_MODEL_CLI)
+    splits = ["--split", "validation,unlabeled"]
     clean = broken_analyze(script, "--model", str(small_export), "--out", str(tmp_path / "clean"), "--batch-size",
-                           "3", config=config, home=home, all_nan="")
+                           "3", *splits, config=config, home=home, all_nan="")
     assert clean.returncode == 0, clean.stderr[-3000:]
-    reference = pd.read_parquet(tmp_path / "clean" / "samples.parquet")
+    table = pd.read_parquet(tmp_path / "clean" / "samples.parquet")
+    reference = table[table["split"] == "validation"]
     count, pixels = len(reference), 32 * 32
     assert (reference["non_finite_logits"] == 0).all() and not reference["degenerate"].any()
     assert "NaN" not in clean.stderr
 
     # validation rows 0 and 4 all NaN, row 1 one Inf pixel; the first unlabeled sample all NaN
     result = broken_analyze(script, "--model", str(small_export), "--out", str(tmp_path / "broken"), "--batch-size",
-                            "3", config=config, home=home, all_nan=f"0,4,{count}", one_inf="1")
+                            "3", *splits, config=config, home=home, all_nan=f"0,4,{count}", one_inf="1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (f"coco-seg analyze: warning: the model's output is NaN or Inf in 3 of {count} validation samples"
             in result.stderr), result.stderr[-3000:]
-    assert "NaN or Inf in 1 of " in result.stderr and "left out of the labelling suggestions" in result.stderr
+    unlabeled = len(list((generated_root / "val2017").iterdir()))
+    assert f"NaN or Inf in 1 of {unlabeled} unlabeled samples" in result.stderr
+    assert "left out of the map, clusters, label issues, pruning, dashboards, labelling suggestions" in result.stderr
     out = tmp_path / "broken"
-    samples = pd.read_parquet(out / "samples.parquet")
+    table = pd.read_parquet(out / "samples.parquet")
+    samples = table[table["split"] == "validation"]
+    assert table.loc[table["split"] == "unlabeled", "degenerate"].tolist()[:2] == [True, False]
     bad = [0, 1, 4]
     good = [r for r in range(count) if r not in bad]
     expected_counts = np.zeros(count, np.int64)
@@ -255,30 +264,31 @@ def test_samples_with_non_finite_logits_are_counted_and_kept_out_of_every_rankin
     assert np.isfinite(samples.loc[good, ["map_x", "map_y"]].to_numpy()).all()
     assert samples.loc[bad, "cluster"].isna().all() and samples.loc[good, "cluster"].notna().all()
     assert (samples.loc[bad, "neighbors"] == "").all() and not samples.loc[bad, "prune"].any()
-    bad_ids = set(samples.loc[bad, "sample_id"])
-    assert not bad_ids & set(" ".join(samples.loc[good, "neighbors"]).split())
+    bad_ids = set(samples.loc[bad, "key"]) | {table.loc[table["split"] == "unlabeled", "key"].iloc[0]}
+    assert not bad_ids & set(" ".join(table.loc[~table["degenerate"], "neighbors"]).split())
     for column in ("loss", "mean_iou", "uncertainty"):  # the other samples' figures are those of a clean run
         np.testing.assert_allclose(samples.loc[good, column], reference.loc[good, column], rtol=1e-5)
 
     summary = strict_json(out / "summary.json")
-    assert summary["non_finite_samples"] == 3 and summary["samples"] == count
+    assert summary["non_finite_samples"] == 4 and summary["samples"] == {"validation": count, "unlabeled": unlabeled}
     assert summary["mean_loss"] == pytest.approx(reference.loc[good, "loss"].mean(), rel=1e-5)
     suggestions = strict_json(out / "labelling_suggestions.json")
-    unlabeled = len(list((generated_root / "val2017").iterdir()))
     assert len(suggestions) == unlabeled - 1 and [s["rank"] for s in suggestions] == list(range(1, unlabeled))
     for name in ("dashboards.json", "class_swaps.json", "pruning.json"):
         strict_json(out / name)
     assert not set(strict_json(out / "pruning.json")["drop_ids"]) & bad_ids
     rendered = render_report(out / "report.html")
-    assert rendered["errors"] == [] and rendered["points"] == len(good)
+    assert rendered["errors"] == [] and rendered["points"] == len(good) + unlabeled - 1
+    assert not {f["kind"] for f in strict_json(out / "insights.json")["findings"]} - set(KINDS)
+    assert not bad_ids & {key for f in strict_json(out / "insights.json")["findings"] for key in f["sample_ids"]}
 
 
 def test_analyze_of_a_model_whose_output_is_all_nan_exits_2_and_writes_no_report(small, small_export, tmp_path):
     home, config = small
     script = tmp_path / "broken_cli.py"
     script.write_text(BROKEN_MODEL_CLI)
-    result = broken_analyze(script, "--model", str(small_export), "--out", str(tmp_path / "analysis"), config=config,
-                            home=home, all_nan="all")
+    result = broken_analyze(script, "--model", str(small_export), "--out", str(tmp_path / "analysis"), "--split",
+                            "validation", config=config, home=home, all_nan="all")
     last = assert_one_line(result, "analyze", "the model's output is NaN or Inf in every one of the ")
     assert last.endswith("samples of split validation: nothing to analyse (a diverged or broken model); "
                          "no report written")
@@ -467,7 +477,8 @@ def test_a_killed_analysis_leaves_the_previous_folder_whole_and_loses_no_finishe
     assert len(orphans) == 1
     parts_at = (out if point == "report" else tmp_path / orphans[0]) / "work" / "validation"
     parts = {p.name: p.stat().st_mtime_ns for p in parts_at.glob("part-*")}
-    assert len(parts) == 2 * 3  # 8 samples in batches of 3: every batch finished before the kill
+    # 8 samples in batches of 3: every batch (a table part and its arrays) finished before the kill
+    assert len(parts) == (1 + len(PART_ARRAYS)) * 3
 
     again = analyze_cli("--model", str(small_export), "--out", str(out), "--batch-size", "3", config=config,
                         home=home)

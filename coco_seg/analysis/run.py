@@ -1,22 +1,31 @@
 """`coco-seg analyze`: the Tensorleap analyses, offline, through the binder's own registered functions.
 
 Algorithm:
-1. Stream the split in batches through ``leap_binder``'s decorated encoders, metadata, metrics and loss (the very
-   functions the engine calls) and the model (logits + an embedding). The default embedding is the one the
-   Tensorleap integration registers for the platform's analysis (coco_seg.latent_space): the decoder feature map
-   before the classifier, pooled per class over the ground truth (over the prediction for unlabeled samples), so
-   the platform and this report cluster the same representation; ``latent_space="encoder"`` takes a named layer,
-   global-average-pooled, by default the encoder's last block. Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-
-   segmentation counts, thumbnail) go to a parquet part file and the embeddings to a .npy part, written atomically;
-   probabilities (float16, N×K×S×S) and label maps go to on-disk memmaps. A rerun skips finished batches, so an
-   interrupted run loses nothing; a different model file, config, annotation file, image file, sample list or batch
-   size starts afresh (the manifest keys the model and the labels by their sha256, the images by their identities).
-2. From the gathered table: latent map (UMAP, PCA fallback), clusters and nearest neighbours; metadata dashboards;
-   label issues with cleanlab.segmentation (confident learning on the memmapped probabilities, chunked, so the
-   N×K×S×S array is never in memory); pruning and labelling suggestions. A sample whose logits or embedding
-   hold NaN/Inf (a broken model; counted per sample in ``non_finite_logits``) keeps its table row but is left
-   out of all of step 2, with NaN uncertainty; when every sample is such, the analysis stops with an error.
-3. Write samples.parquet / samples.csv, the JSON artefacts and one self-contained report.html.
+1. Stream each analysed split (default: every labeled split configured, then unlabeled when configured) in
+   batches through ``leap_binder``'s decorated encoders, metadata, metrics and loss (the very functions the engine
+   calls) and the model: logits, an embedding, and the encoder's pooled block-13 features. The default embedding
+   is the one the Tensorleap integration registers for the platform's analysis (coco_seg.latent_space): the
+   decoder feature map before the classifier, pooled per class over the ground truth (over the prediction for
+   unlabeled samples), so the platform and this report cluster the same representation;
+   ``latent_space="encoder"`` takes a named layer, global-average-pooled, by default the encoder's last block.
+   Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-segmentation counts, decode_failed,
+   thumbnail) go to a parquet part file, and the embeddings, colour-layout descriptors, encoder features and
+   image statistics (coco_seg.analysis.appearance) to .npy parts, written atomically; probabilities (float16,
+   N×K×S×S) and label maps (IGNORED_LABEL where the one-hot is all zero) go to on-disk memmaps. A rerun skips
+   finished batches, so an interrupted run loses nothing; a different model file, config, annotation file, image
+   file, sample list or batch size starts afresh (the manifest keys the model and the labels by their sha256, the
+   images by their identities).
+2. From the gathered table of all splits (a ``split`` column, a unique ``key``): one latent map (UMAP, PCA
+   fallback), clusters and nearest neighbours over every split; label issues with cleanlab.segmentation over all
+   labeled splits at once (confident learning on the memmapped probabilities, chunked, so the N×K×S×S array is
+   never in memory; ignored pixels never flagged); metadata dashboards on the labeled samples; pruning on the
+   training split; labelling suggestions for the unlabeled one; insights (coco_seg.analysis.insights). A sample
+   whose logits or embedding hold NaN/Inf (a broken model; counted per sample in ``non_finite_logits``) or whose
+   image failed to decode keeps its table row but is left out of all of step 2, with a warning; when every
+   sample is such, the analysis stops with an error.
+3. Write samples.parquet / samples.csv, insights.json and the other JSON artefacts and one self-contained
+   report.html, into a new folder that replaces the output folder whole; summary.json records each stage's
+   seconds and peak RSS.
 """
 
 import base64
@@ -25,7 +34,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,18 +46,18 @@ import numpy as np
 import pandas as pd
 
 from coco_seg import metrics
-from coco_seg.atomic import prepare_folder, replace_folder, write_atomically as _atomic_write
+from coco_seg.atomic import prepare_folder, replace_folder, write_atomically as _atomic_write, write_json_atomically
 from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.index_cache import content_digest, file_identity
 from coco_seg.visualizers import denormalize_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-WORK_FORMAT = 2  # 2: keyed on model, config, labels, images and batch size
+WORK_FORMAT = 3  # 2: keyed on model, config, labels, images and batch size; 3: + decode_failed and the OOD views
 THUMBNAIL_SIZE = 96
 WORK_DIR = "work"  # inside the output folder: the resumable parts; moved along when the folder is replaced
 # what an analysis folder holds (besides work/), so that one written before folder manifests existed counts as ours
 OUTPUT_FILES = ("samples.parquet", "samples.csv", "embeddings.npy", "summary.json", "dashboards.json",
-                "class_swaps.json", "pruning.json", "report.html", "labelling_suggestions.json")
+                "class_swaps.json", "pruning.json", "report.html", "labelling_suggestions.json", "insights.json")
 GALLERY_SIZE = 24  # label-issue images shown with their panels
 CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
 CLASS_COLORS = np.array([[0, 0, 0], [220, 50, 50], [40, 110, 230], [60, 180, 75], [245, 130, 48], [145, 30, 180],
@@ -104,38 +114,38 @@ def analysis_model(model_path: Path, config: Config, *, latent_space: str = "ten
         # Default: the encoder's last block (block_16_project), which is what the first up-block consumes.
         layer = model.get_layer("up1_conv").input if embedding_layer is None else model.get_layer(embedding_layer).output
         source = keras.layers.GlobalAveragePooling2D(name="embedding")(layer)
-    session = onnxruntime.InferenceSession(keras_to_onnx(keras.Model(model.input, [logits, source])),
+    # The encoder's mid-level features (block_13, the first skip the decoder concatenates), pooled: with the
+    # colour layout they are the near-duplicate and out-of-distribution views (coco_seg.analysis.appearance).
+    encoder_features = keras.layers.GlobalAveragePooling2D(name="encoder_features")(
+        model.get_layer("up1_concat").input[1])
+    outputs = [logits, source, encoder_features]
+    session = onnxruntime.InferenceSession(keras_to_onnx(keras.Model(model.input, outputs)),
                                            providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    channels = config.num_classes
+    expected = [tuple(t.shape[1:]) for t in outputs]
 
-    def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs = session.run(None, {input_name: images.astype(np.float32, copy=False)})
-        # Told apart by shape, not by the output order or names tf2onnx chose: the logits are the 4-D output at
-        # the model's size with one channel per class.
-        first_is_logits = outputs[0].ndim == 4 and outputs[0].shape[1:] == (images.shape[1], images.shape[2],
-                                                                              channels)
-        return (outputs[0], outputs[1]) if first_is_logits else (outputs[1], outputs[0])
+    def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        produced = session.run(None, {input_name: images.astype(np.float32, copy=False)})
+        return _order_outputs(produced, expected)
 
     return predict
 
 
+def _order_outputs(produced: Sequence[np.ndarray], expected: Sequence[tuple]) -> tuple[np.ndarray, ...]:
+    """The session's outputs in the order of ``expected`` (per-sample shapes, None = any size), matched by shape
+    rather than by the output order or names tf2onnx chose; outputs left ambiguous keep their order."""
+    remaining = list(range(len(produced)))
+    ordered = []
+    for shape in expected:
+        match = next((i for i in remaining if len(produced[i].shape) - 1 == len(shape) and all(
+            want is None or want == got for want, got in zip(shape, produced[i].shape[1:]))), remaining[0])
+        remaining.remove(match)
+        ordered.append(produced[match])
+    return tuple(ordered)
+
+
 def write_json(path: Path, payload: Any) -> None:
-    _atomic_write(path, lambda temp: temp.write_text(json.dumps(_jsonable(payload), indent=1, allow_nan=False)))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+    write_json_atomically(path, payload, indent=1)
 
 
 def data_uri(image_rgb: np.ndarray, *, size: Optional[int] = None, kind: str = ".jpg") -> str:
@@ -169,13 +179,19 @@ def mean_pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
     return -(clipped * np.log(clipped)).sum(axis=-1).mean(axis=(1, 2))
 
 
+PART_ARRAYS = ("npy", "appearance.npy", "encoder.npy", "statistics.npy")  # beside part-X.parquet: embeddings, views
+
+
 @dataclass
 class StreamedSplit:
     samples: pd.DataFrame  # one row per sample, in sample order
     embeddings: np.ndarray  # (N, D) float32
     probabilities: Optional[np.ndarray]  # memmap (N, K, S, S) float16; None for unlabeled
-    labels: Optional[np.ndarray]  # memmap (N, S, S) uint8 GT; None for unlabeled
+    labels: Optional[np.ndarray]  # memmap (N, S, S) uint8 GT, IGNORED_LABEL where no class applies; None unlabeled
     predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
+    appearance: np.ndarray  # (N, 105) float32 colour-layout descriptors (coco_seg.analysis.appearance)
+    encoder_features: np.ndarray  # (N, C) float32 pooled mid-level encoder features
+    statistics: np.ndarray  # (N, 10) float32 low-level image statistics (coco_seg.analysis.appearance)
 
 
 def _config_digest(config: Config) -> str:
@@ -250,7 +266,7 @@ def _holds(path: Path, dtype, shape: tuple[int, ...]) -> bool:
 
 
 def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: Sequence[str],
-                 model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                  model_path: Path, config: Config, work: Path, batch_size: int, embedding: str,
                  progress: bool = True) -> StreamedSplit:
     """Run the binder's functions and the model over ``sample_ids``, resumably (see the module comment).
@@ -259,8 +275,10 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
     decoder feature map, pooled per class over the ground truth (over the prediction for unlabeled samples).
     """
     from coco_seg import latent_space
+    from coco_seg.analysis.appearance import appearance_descriptors, image_statistics
     from coco_seg.analysis.segmentation_errors import segmentation_error_columns
     from coco_seg.metadata import metadata_names
+    from coco_seg.samples import IGNORED_LABEL
 
     labeled = split != "unlabeled"
     manifest = _manifest(split, sample_ids, model_path, config, embedding, data=response.data, batch_size=batch_size)
@@ -286,11 +304,13 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
         iterator = tqdm(starts, desc=f"analyze {split}", unit="batch", file=sys.stderr)
     for start in iterator:
         part = work / f"part-{start:08d}.parquet"
-        if part.is_file() and (work / f"part-{start:08d}.npy").is_file():
+        if part.is_file() and all(part.with_suffix(f".{kind}").is_file() for kind in PART_ARRAYS):
             continue  # finished in an earlier run
         chunk = list(sample_ids[start:start + batch_size])
         images = np.stack([binder.image_encoder(i, response) for i in chunk])
-        logits, embeddings = (np.asarray(t, np.float32) for t in model(images))
+        # The encoder has just recorded any image that failed to decode; its placeholder is no photo.
+        failed = getattr(response.data, "failed_at_decode", {})
+        logits, embeddings, encoder_features = (np.asarray(t, np.float32) for t in model(images))
         ground_truth = np.stack([binder.mask_encoder(i, response) for i in chunk]) if labeled else None
         if embeddings.ndim == 4:  # the integration's custom latent space, pooled the same way
             embeddings = (latent_space.pool_by_ground_truth(embeddings, ground_truth) if labeled
@@ -300,6 +320,7 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
                                 "file_name": [response.data.records[i].path.name for i in chunk]}
         for name, function in metadata_functions.items():
             rows[name] = [function(i, response) for i in chunk]
+        rows["decode_failed"] = np.array([i in failed for i in chunk], bool)
         rows["non_finite_logits"] = non_finite_logit_pixels(logits)
         # A pixel with NaN/Inf logits has an all-zero probability vector, whose entropy reads as certainty: such a
         # sample's uncertainty is unknown, not low.
@@ -313,79 +334,124 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
             rows["dice"] = binder.dice(ground_truth, logits)
             rows["pixel_accuracy"] = binder.pixel_accuracy(ground_truth, logits)
             rows["loss"] = binder.pixel_cross_entropy(ground_truth, logits)
-            gt_labels = ground_truth.argmax(-1).astype(np.uint8)
-            rows |= segmentation_error_columns(gt_labels, predicted_labels, class_names=config.class_names)
+            # A pixel whose one-hot is all zero (crowd regions, a decode placeholder) belongs to no class: it
+            # stays IGNORED_LABEL, not the argmax of zeros (background), and counts in no blob either.
+            ignored = ground_truth.sum(-1) == 0
+            gt_labels = np.where(ignored, IGNORED_LABEL, ground_truth.argmax(-1)).astype(np.uint8)
+            rows |= segmentation_error_columns(np.where(ignored, 0, gt_labels), np.where(ignored, 0, predicted_labels),
+                                               class_names=config.class_names)
             labels[start:start + len(chunk)] = gt_labels
             probabilities[start:start + len(chunk)] = np.moveaxis(probs, -1, 1).astype(np.float16)
-        rows["thumbnail"] = [data_uri(denormalize_image(image), size=THUMBNAIL_SIZE) for image in images]
+        photos = np.stack([denormalize_image(image) for image in images])
+        rows["thumbnail"] = [data_uri(photo, size=THUMBNAIL_SIZE) for photo in photos]
         for array in (probabilities, labels, predicted):
             if array is not None:
                 array.flush()
         # The memmaps are flushed before the part files exist: a part on disk means its rows are complete.
-        _atomic_write(work / f"part-{start:08d}.npy", lambda temp: np.save(temp, embeddings.astype(np.float32)))
+        views = (embeddings, appearance_descriptors(photos), encoder_features, image_statistics(photos))
+        for kind, values in zip(PART_ARRAYS, views):
+            _atomic_write(part.with_suffix(f".{kind}"), lambda temp, v=values: np.save(temp, v.astype(np.float32)))
         _atomic_write(part, lambda temp: pd.DataFrame(rows).to_parquet(temp, index=False))
 
     parts = sorted(work.glob("part-*.parquet"))  # zero-padded start rows: name order is row order
     samples = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    embeddings = np.concatenate([np.load(p.with_suffix(".npy")) for p in parts])
+    embeddings, appearance, encoder_features, statistics = (
+        np.concatenate([np.load(p.with_suffix(f".{kind}")) for p in parts]) for kind in PART_ARRAYS)
     assert samples["row"].tolist() == list(range(count)), "part files do not cover the split"
-    return StreamedSplit(samples, embeddings, probabilities, labels, predicted)
+    return StreamedSplit(samples, embeddings, probabilities, labels, predicted, appearance, encoder_features,
+                         statistics)
 
 
 @dataclass
 class LabelIssues:
-    image_scores: np.ndarray  # (N,) label quality 0..1, lower = more likely mislabelled
-    issue_masks: np.ndarray  # (N, S, S) bool pixel issues (memmap)
+    image_scores: dict[str, np.ndarray]  # split → (N,) label quality 0..1, lower = more likely mislabelled; NaN
+    #                                      for rows left out (non-finite output, a decode placeholder)
+    issue_masks: dict[str, np.ndarray]  # split → (N, S, S) bool pixel issues (memmap)
     class_swaps: pd.DataFrame  # given_label, predicted_label, pixels, share
 
 
-def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], work: Path,
-                      usable: Optional[np.ndarray] = None) -> LabelIssues:
-    """cleanlab.segmentation on the memmapped labels and probabilities of the ``usable`` rows (default: all).
+def _label_issue_inputs(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], work: Path
+                        ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The labels and probabilities cleanlab scores: the one split's own memmaps when it is the only source, every
+    row is kept and no pixel is ignored (no copy); else the kept rows of every source copied, a chunk at a time,
+    into compacted memmaps under ``work``, with each ignored pixel given the predicted class (a label that agrees
+    with the prediction raises no issue; the flags there are cleared afterwards anyway). Returns (labels,
+    probabilities, whether a pixel is ignored anywhere)."""
+    from coco_seg.samples import IGNORED_LABEL
 
-    Confident learning estimates per-class thresholds over the whole split (one ``find_label_issues`` call, which
-    batches internally); the image score is cleanlab's ``num_pixel_issues`` score, 1 − share of flagged pixels,
-    taken from those split-wide issue masks (cleanlab's own ``get_label_quality_scores`` would re-estimate the
-    thresholds on whatever subset it is given). The class-swap summary is cleanlab's ``common_label_issues``,
-    summed over chunks of images so that probabilities are only read a chunk at a time. Rows outside ``usable``
-    (non-finite model output) take no part in the thresholds: their score is NaN and their issue mask empty. They
-    are copied out a chunk at a time into compacted memmaps, so the split's probabilities are never in memory.
+    ignored_anywhere = any(bool((streamed.labels[rows[start:start + CLEANLAB_CHUNK]] == IGNORED_LABEL).any())
+                           for _, streamed, rows in sources for start in range(0, len(rows), CLEANLAB_CHUNK))
+    if len(sources) == 1 and len(sources[0][2]) == len(sources[0][1].labels) and not ignored_anywhere:
+        return sources[0][1].labels, sources[0][1].probabilities, False
+    work.mkdir(parents=True, exist_ok=True)
+    total = sum(len(rows) for _, _, rows in sources)
+    first = sources[0][1]
+    labels = _open_memmap(work / "labels.npy", np.uint8, (total,) + first.labels.shape[1:])
+    probabilities = _open_memmap(work / "probabilities.npy", np.float16, (total,) + first.probabilities.shape[1:])
+    offset = 0
+    for _, streamed, rows in sources:
+        for start in range(0, len(rows), CLEANLAB_CHUNK):
+            chunk = rows[start:start + CLEANLAB_CHUNK]
+            given = streamed.labels[chunk]
+            labels[offset:offset + len(chunk)] = np.where(given == IGNORED_LABEL, streamed.predicted[chunk], given)
+            probabilities[offset:offset + len(chunk)] = streamed.probabilities[chunk]
+            offset += len(chunk)
+    labels.flush()
+    probabilities.flush()
+    return labels, probabilities, ignored_anywhere
+
+
+def find_label_issues(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], *, class_names: Sequence[str],
+                      work: Path) -> LabelIssues:
+    """cleanlab.segmentation over the kept rows of every labeled split at once: ``sources`` holds (split name,
+    streamed split, (M,) int rows kept: finite model output, a real image).
+
+    Confident learning estimates per-class thresholds over all kept rows together (one ``find_label_issues`` call,
+    which batches internally); the image score is cleanlab's ``num_pixel_issues`` score, 1 − share of the labelled
+    pixels flagged, taken from those issue masks (cleanlab's own ``get_label_quality_scores`` would re-estimate the
+    thresholds on whatever subset it is given). Ignored pixels (IGNORED_LABEL) are never flagged and do not count
+    in the share. The class-swap summary is cleanlab's ``common_label_issues``, summed over chunks of images so that
+    probabilities are only read a chunk at a time. Rows left out take no part in the thresholds: their score is NaN
+    and their issue mask empty. Nothing of size N×K×S×S is ever in memory.
     """
     from cleanlab.segmentation.filter import find_label_issues as cleanlab_find_label_issues
     from cleanlab.segmentation.summary import common_label_issues
 
-    count = len(streamed.labels)
-    usable = np.ones(count, bool) if usable is None else np.asarray(usable, bool)
-    kept = np.flatnonzero(usable)
-    labels, probabilities = streamed.labels, streamed.probabilities
-    if len(kept) < count:
-        labels = _open_memmap(work / "usable_labels.npy", np.uint8, (len(kept),) + labels.shape[1:])
-        probabilities = _open_memmap(work / "usable_probabilities.npy", np.float16,
-                                     (len(kept),) + probabilities.shape[1:])
-        for start in range(0, len(kept), CLEANLAB_CHUNK):
-            rows = kept[start:start + CLEANLAB_CHUNK]
-            labels[start:start + len(rows)] = streamed.labels[rows]
-            probabilities[start:start + len(rows)] = streamed.probabilities[rows]
-        labels.flush()
-        probabilities.flush()
-    issue_masks = _open_memmap(work / "label_issues.npy", np.bool_, streamed.labels.shape)
-    issue_masks[:] = False
-    image_scores = np.full(count, np.nan)
+    from coco_seg.samples import IGNORED_LABEL
+
+    work.mkdir(parents=True, exist_ok=True)
+    image_scores = {name: np.full(len(streamed.labels), np.nan) for name, streamed, _ in sources}
+    issue_masks = {}
+    for name, streamed, _ in sources:
+        issue_masks[name] = _open_memmap(work / f"issues-{name}.npy", np.bool_, streamed.labels.shape)
+        issue_masks[name][:] = False
     swaps: dict[tuple[str, str], int] = {}
-    if len(kept):
+    kept_total = sum(len(rows) for _, _, rows in sources)
+    if kept_total:
+        labels, probabilities, ignored_anywhere = _label_issue_inputs(sources, work / "compacted")
         issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
-        issue_masks[kept] = issues
-        image_scores[kept] = 1.0 - issues.reshape(len(kept), -1).mean(axis=1)
-        for start in range(0, len(kept), CLEANLAB_CHUNK):
-            end = min(start + CLEANLAB_CHUNK, len(kept))
-            summary = common_label_issues(issues[start:end], labels[start:end],
-                                          np.asarray(probabilities[start:end], np.float32),
-                                          class_names=list(class_names), verbose=False)
-            for row in summary.itertuples():
-                key = (row.given_label, row.predicted_label)
-                swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
+        offset = 0
+        for name, streamed, rows in sources:
+            for start in range(0, len(rows), CLEANLAB_CHUNK):
+                chunk = rows[start:start + CLEANLAB_CHUNK]
+                flagged = issues[offset:offset + len(chunk)]
+                labelled = streamed.labels[chunk] != IGNORED_LABEL
+                if ignored_anywhere:
+                    flagged &= labelled
+                issue_masks[name][chunk] = flagged
+                counts = labelled.reshape(len(chunk), -1).sum(axis=1)
+                image_scores[name][chunk] = np.where(
+                    counts > 0, 1.0 - flagged.reshape(len(chunk), -1).sum(axis=1) / np.maximum(counts, 1), np.nan)
+                summary = common_label_issues(flagged, labels[offset:offset + len(chunk)],
+                                              np.asarray(probabilities[offset:offset + len(chunk)], np.float32),
+                                              class_names=list(class_names), verbose=False)
+                for row in summary.itertuples():
+                    key = (row.given_label, row.predicted_label)
+                    swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
+                offset += len(chunk)
         del issues
-    issue_masks.flush()
+    for mask in issue_masks.values():
+        mask.flush()
     total = max(1, sum(swaps.values()))
     class_swaps = pd.DataFrame([{"given_label": g, "predicted_label": p, "pixels": n, "share": n / total}
                                 for (g, p), n in sorted(swaps.items(), key=lambda item: -item[1])],
@@ -393,161 +459,324 @@ def find_label_issues(streamed: StreamedSplit, *, class_names: Sequence[str], wo
     return LabelIssues(image_scores, issue_masks, class_swaps)
 
 
-def planted_defect_recall(samples: pd.DataFrame, planted_path: Path, *, split: str) -> Optional[dict[str, Any]]:
+def planted_defect_recall(samples: pd.DataFrame, planted_path: Path) -> Optional[dict[str, Any]]:
     """When the data carries planted_defects.json (the generated sample): how many planted images the label-issue
-    ranking puts in its top 2 × (number planted)."""
+    ranking puts in its top 2 × (number planted), ranked within the planted image's own split (``samples`` holds
+    the split, sample_id and label_issue_score columns)."""
     if not planted_path.is_file():
         return None
-    planted = {str(p["image_id"]) for p in json.loads(planted_path.read_text())["planted"] if p["split"] == split}
-    planted &= set(samples["sample_id"])
-    if not planted:
+    planted_by_split: dict[str, set[str]] = {}
+    for entry in json.loads(planted_path.read_text())["planted"]:
+        planted_by_split.setdefault(entry["split"], set()).add(str(entry["image_id"]))
+    planted_total = found = top_total = 0
+    for split, planted in planted_by_split.items():
+        rows = samples[samples["split"] == split]
+        planted &= set(rows["sample_id"])
+        if not planted:
+            continue
+        ranked = rows.sort_values("label_issue_score", kind="stable", na_position="last")["sample_id"].tolist()
+        found += len(planted & set(ranked[:2 * len(planted)]))
+        planted_total += len(planted)
+        top_total += 2 * len(planted)
+    if not planted_total:
         return None
-    ranked = samples.sort_values("label_issue_rank")["sample_id"].tolist()
-    top = set(ranked[:2 * len(planted)])
-    return {"planted": len(planted), "found_in_top": len(planted & top), "top": 2 * len(planted),
-            "recall": len(planted & top) / len(planted)}
+    return {"planted": planted_total, "found_in_top": found, "top": top_total, "recall": found / planted_total}
 
 
-def _gallery(streamed: StreamedSplit, issues: LabelIssues, samples: pd.DataFrame, images: Callable[[str], np.ndarray],
-             *, size: int) -> list[dict[str, Any]]:
+@dataclass
+class AnalysedSplit:
+    name: str
+    streamed: StreamedSplit
+    image: Callable[[str], np.ndarray]  # sample id → the encoder's input as uint8 RGB
+
+    @property
+    def labeled(self) -> bool:
+        return self.name != "unlabeled"
+
+
+def _gallery(splits: Mapping[str, AnalysedSplit], issues: LabelIssues, samples: pd.DataFrame, *,
+             size: int) -> list[dict[str, Any]]:
     """The most likely mislabelled images with image, GT, prediction and issue-mask panels."""
     entries = []
-    ranked = samples.dropna(subset=["label_issue_rank"]).sort_values("label_issue_rank")
+    ranked = samples.dropna(subset=["label_issue_score"]).sort_values("label_issue_score", kind="stable")
     for row in ranked.head(GALLERY_SIZE).itertuples():
-        image = images(row.sample_id)
+        split = splits[row.split]
+        image = split.image(row.sample_id)
         overlay = image.copy()
-        overlay[issues.issue_masks[row.row]] = (255, 255, 0)
+        overlay[issues.issue_masks[row.split][row.row]] = (255, 255, 0)
         entries.append({
-            "sample_id": row.sample_id, "rank": int(row.label_issue_rank), "score": float(row.label_issue_score),
-            "issue_share": 1.0 - float(row.label_issue_score),
+            "sample_id": row.key, "split": row.split, "rank": int(row.label_issue_rank),
+            "score": float(row.label_issue_score), "issue_share": 1.0 - float(row.label_issue_score),
             "panels": {"image": data_uri(image, size=size),
-                       "ground_truth": data_uri(colorize(streamed.labels[row.row]), size=size, kind=".png"),
-                       "prediction": data_uri(colorize(streamed.predicted[row.row]), size=size, kind=".png"),
+                       "ground_truth": data_uri(colorize(split.streamed.labels[row.row]), size=size, kind=".png"),
+                       "prediction": data_uri(colorize(split.streamed.predicted[row.row]), size=size, kind=".png"),
                        "issues": data_uri(overlay, size=size, kind=".png")}})
     return entries
 
 
-def analyze(*, model_path: Path, out_dir: Path, split: str = "validation", limit: Optional[int] = None,
-            batch_size: int = 16, latent_space: str = "tensorleap", embedding_layer: Optional[str] = None,
-            neighbors: int = 5, seed: int = 0,
-            progress: bool = True, log: Callable[[str], None] = print,
+class StageClock:
+    """Wall-clock seconds and peak resident memory of each analysis stage (summary "stages"). Where Linux lets a
+    process reset its high-water mark (/proc/self/clear_refs, "5"), the peak is the stage's own; elsewhere it is
+    the process's peak so far (``peak_is_cumulative``)."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+        self.peak_is_cumulative = not self._reset_peak()
+        self._started = time.perf_counter()
+
+    @staticmethod
+    def _reset_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _peak_mb() -> float:
+        try:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages.append({"stage": stage, "seconds": round(now - self._started, 3),
+                            "peak_rss_mb": round(self._peak_mb(), 1)})
+        if not self.peak_is_cumulative:
+            self._reset_peak()
+        self._started = now
+
+
+def configured_splits(config: Config) -> list[str]:
+    """The configured splits in analysis order: training, validation, any other labeled split, then unlabeled."""
+    first = [name for name in ("training", "validation") if name in config.splits]
+    others = [name for name in config.splits if name not in ("training", "validation", "unlabeled")]
+    return first + others + (["unlabeled"] if "unlabeled" in config.splits else [])
+
+
+def parse_splits(text: Optional[str | Sequence[str]], configured: Sequence[str]) -> list[str]:
+    """``"training,validation"`` (or a list) → the split names, checked against the configured ones; None → every
+    configured split (labeled ones first, unlabeled last)."""
+    if text is None:
+        return list(configured)
+    names = [part.strip() for part in (text.split(",") if isinstance(text, str) else text)]
+    if not names or any(not name for name in names):
+        raise ValueError(f"--split must name one or more splits separated by commas, got {text!r}")
+    unknown = [name for name in names if name not in configured]
+    if unknown:
+        raise ValueError(f"--split names {', '.join(map(repr, unknown))}, which is not a configured split "
+                         f"(configured: {', '.join(configured)})")
+    if len(set(names)) < len(names):
+        raise ValueError(f"--split names a split twice: {text!r}")
+    return names
+
+
+def sample_keys(split_names: Sequence[str], sample_ids: Sequence[str]) -> list[str]:
+    """A unique key per row: the sample id, or "split/sample_id" for an id that occurs in more than one split."""
+    counts: dict[str, int] = {}
+    for sample_id in sample_ids:
+        counts[sample_id] = counts.get(sample_id, 0) + 1
+    return [f"{split}/{sample_id}" if counts[sample_id] > 1 else sample_id
+            for split, sample_id in zip(split_names, sample_ids)]
+
+
+def _excluded_warnings(samples: pd.DataFrame, names: Sequence[str], decode_failed: np.ndarray,
+                       warn: Callable[[str], None]) -> None:
+    for name in names:
+        in_split = (samples["split"] == name).to_numpy()
+        broken = int((samples["degenerate"].to_numpy() & in_split).sum())
+        placeholders = int((decode_failed & in_split).sum())
+        if broken:
+            warn(f"coco-seg analyze: warning: the model's output is NaN or Inf in {broken} of {int(in_split.sum())} "
+                 f"{name} samples (column non_finite_logits counts their pixels, degenerate marks them); they are "
+                 f"left out of the map, clusters, label issues, pruning, dashboards, labelling suggestions and insights")
+        if placeholders:
+            warn(f"coco-seg analyze: warning: {placeholders} of {int(in_split.sum())} {name} images failed to decode "
+                 f"(column decode_failed; listed in the split's bad-sample report); their placeholders are left out "
+                 f"of the map, clusters, label issues, pruning, dashboards, labelling suggestions and insights")
+
+
+def analyze(*, model_path: Path, out_dir: Path, splits: Optional[str | Sequence[str]] = None,
+            limit: Optional[int] = None, batch_size: int = 16, latent_space: str = "tensorleap",
+            embedding_layer: Optional[str] = None, neighbors: int = 5, seed: int = 0,
+            insights: Any = None, progress: bool = True, log: Callable[[str], None] = print,
             warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
-    """Run the whole analysis; returns the summary (also in summary.json and at the top of report.html)."""
+    """Run the whole analysis over ``splits`` (default: every labeled split configured, plus unlabeled when
+    configured) in one embedding space; returns the summary (also in summary.json and at the top of report.html).
+    ``insights``: an ``InsightsConfig`` (default settings when None)."""
     from coco_seg.analysis.dashboards import dashboards_to_records, metadata_dashboards
+    from coco_seg.analysis.insights import InsightsConfig, find_insights
     from coco_seg.analysis.latent import build_latent_map, labelling_suggestions, pruning_suggestions, pruning_summary
     from coco_seg.analysis.report import write_report
     from coco_seg.coco_data import resolve_data_root
     from coco_seg.metadata import metadata_names
 
+    insights = InsightsConfig() if insights is None else insights
     binder = load_binder()
     config: Config = binder.CONFIG
+    names = parse_splits(splits, configured_splits(config))
+    clock = StageClock()
     responses = {r.state.name: r for r in binder.preprocess()}
-    if split not in responses:
-        raise ValueError(f"--split must be one of {', '.join(responses)}, got {split!r}")
-    response = responses[split]
-    sample_ids = response.sample_ids[:limit]
+    if "unlabeled" in names:
+        responses["unlabeled"] = binder.unlabeled_preprocess()
     model = analysis_model(Path(model_path), config, latent_space=latent_space, embedding_layer=embedding_layer)
     embedding = latent_space if embedding_layer is None else f"{latent_space}:{embedding_layer}"
     out_dir = prepare_folder(out_dir, known=OUTPUT_FILES, carry=[WORK_DIR])  # a foreign folder: refused up front
-    streamed = stream_split(binder, response, split=split, sample_ids=sample_ids, model=model,
-                            model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / split,
-                            batch_size=batch_size, embedding=embedding, progress=progress)
-    samples = streamed.samples
-    log(f"streamed {len(samples)} {split} samples; building the map, dashboards and label issues")
-    usable = usable_rows(samples, streamed.embeddings)
-    samples["degenerate"] = ~usable
-    if not usable.any():
-        raise ValueError(f"the model's output is NaN or Inf in every one of the {len(samples)} samples of split "
-                         f"{split}: nothing to analyse (a diverged or broken model); no report written")
-    if not usable.all():
-        warn(f"coco-seg analyze: warning: the model's output is NaN or Inf in {int((~usable).sum())} of "
-             f"{len(samples)} {split} samples (column non_finite_logits counts their pixels, degenerate marks "
-             f"them); they are left out of the map, clusters, label issues, pruning and dashboards")
-    kept = np.flatnonzero(usable)
-    usable_embeddings = streamed.embeddings[kept]
+    clock.done("preprocess")
 
-    latent = build_latent_map(usable_embeddings, k=neighbors, seed=seed)
-    ids = samples["sample_id"].to_numpy()
+    analysed: dict[str, AnalysedSplit] = {}
+    for name in names:
+        response = responses[name]
+        streamed = stream_split(binder, response, split=name, sample_ids=response.sample_ids[:limit], model=model,
+                                model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / name,
+                                batch_size=batch_size, embedding=embedding, progress=progress)
+        analysed[name] = AnalysedSplit(name, streamed,
+                                       lambda sid, r=response: denormalize_image(binder.image_encoder(sid, r)))
+    clock.done("inference")
+
+    samples = pd.concat([split.streamed.samples.assign(split=name) for name, split in analysed.items()],
+                        ignore_index=True)
+    samples.insert(1, "key", sample_keys(samples["split"].tolist(), samples["sample_id"].tolist()))
+    metadata_columns = list(metadata_names(config))
+    for column in metadata_columns:
+        if samples[column].dtype == object:  # numbers beside the None an unlabeled sample's GT-based field holds
+            try:
+                samples[column] = pd.to_numeric(samples[column])
+            except (TypeError, ValueError):
+                pass  # a genuinely categorical field stays as it is
+    embeddings = np.concatenate([split.streamed.embeddings for split in analysed.values()])
+    appearance = np.concatenate([split.streamed.appearance for split in analysed.values()])
+    encoder_features = np.concatenate([split.streamed.encoder_features for split in analysed.values()])
+    statistics = np.concatenate([split.streamed.statistics for split in analysed.values()])
+    labeled = (samples["split"] != "unlabeled").to_numpy()
+    decode_failed = samples["decode_failed"].to_numpy(bool)
+    samples["degenerate"] = ~usable_rows(samples, embeddings)
+    usable = ~samples["degenerate"].to_numpy() & ~decode_failed
+    counted = ", ".join(f"{len(split.streamed.samples)} {name}" for name, split in analysed.items())
+    log(f"streamed {counted} samples; building the map, label issues, dashboards and insights")
+    if not usable.any():
+        cause = ("the model's output is NaN or Inf, or the image failed to decode," if decode_failed.any()
+                 else "the model's output is NaN or Inf")
+        raise ValueError(f"{cause} in every one of the {len(samples)} samples of split"
+                         f"{'s' if len(names) > 1 else ''} {', '.join(names)}: nothing to analyse (a diverged or "
+                         f"broken model); no report written")
+    _excluded_warnings(samples, names, decode_failed, warn)
+    kept = np.flatnonzero(usable)
+    keys = samples["key"].to_numpy()
+
+    latent = build_latent_map(embeddings[kept], k=neighbors, seed=seed)
     samples["map_x"], samples["map_y"] = np.nan, np.nan
     samples.loc[kept, "map_x"], samples.loc[kept, "map_y"] = latent.coordinates[:, 0], latent.coordinates[:, 1]
     samples["cluster"] = pd.array([pd.NA] * len(samples), dtype="Int64")
     samples.loc[kept, "cluster"] = latent.clusters
     samples["neighbors"] = ""
-    samples.loc[kept, "neighbors"] = [" ".join(ids[kept[row]]) for row in latent.neighbors]
+    samples.loc[kept, "neighbors"] = [" ".join(keys[kept[row]]) for row in latent.neighbors]
+    clock.done("latent map")
 
-    issues = find_label_issues(streamed, class_names=config.class_names, work=out_dir / WORK_DIR / split,
-                               usable=usable)
-    samples["label_issue_score"] = issues.image_scores
+    sources = [(name, split.streamed,
+                samples.loc[(samples["split"] == name).to_numpy() & usable, "row"].to_numpy(np.int64))
+               for name, split in analysed.items() if split.labeled]
+    issues = find_label_issues(sources, class_names=config.class_names, work=out_dir / WORK_DIR / "label_issues")
+    samples["label_issue_score"] = np.nan
+    for name, scores in issues.image_scores.items():
+        in_split = (samples["split"] == name).to_numpy()
+        samples.loc[in_split, "label_issue_score"] = scores[samples.loc[in_split, "row"].to_numpy(np.int64)]
     samples["label_issue_rank"] = samples["label_issue_score"].rank(method="first").astype("Int64")
+    clock.done("label issues")
 
-    pruning = pruning_suggestions(latent.clusters, samples["loss"].to_numpy()[kept], usable_embeddings)
+    scored = usable & labeled
+    pruned_rows = scored & (samples["split"] == "training").to_numpy()
+    if not pruned_rows.any():
+        pruned_rows = scored  # no training split analysed: prune among the labeled rows there are
+    map_row = np.full(len(samples), -1)
+    map_row[kept] = np.arange(len(kept))
     samples["prune"] = False
-    samples.loc[kept, "prune"] = pruning.sort_values("row")["drop"].to_numpy()
-    metadata_columns = list(metadata_names(config))
+    cluster_table, drop_ids = [], []
+    if pruned_rows.any():
+        pruning = pruning_suggestions(latent.clusters[map_row[pruned_rows]], samples["loss"].to_numpy()[pruned_rows],
+                                      embeddings[pruned_rows])
+        samples.loc[pruned_rows, "prune"] = pruning.sort_values("row")["drop"].to_numpy()
+        cluster_table = pruning_summary(pruning).to_dict("records")
+        drop_ids = samples.loc[samples["prune"], "key"].tolist()
     iou_columns = [f"iou_{n}" for n in config.class_names]
-    dashboards = metadata_dashboards(samples.loc[usable], metadata_columns=metadata_columns,
-                                     iou_columns=iou_columns)
+    dashboards = metadata_dashboards(samples.loc[scored], metadata_columns=metadata_columns, iou_columns=iou_columns) \
+        if scored.any() else []
+    clock.done("dashboards")
 
     labelling = None
-    if "unlabeled" in config.splits:
-        unlabeled_response = binder.unlabeled_preprocess()
-        unlabeled = stream_split(binder, unlabeled_response, split="unlabeled",
-                                 sample_ids=unlabeled_response.sample_ids[:limit], model=model,
-                                 model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / "unlabeled",
-                                 batch_size=batch_size, embedding=embedding, progress=progress)
-        candidates = np.flatnonzero(usable_rows(unlabeled.samples, unlabeled.embeddings))
-        if len(candidates) < len(unlabeled.samples):
-            warn(f"coco-seg analyze: warning: the model's output is NaN or Inf in "
-                 f"{len(unlabeled.samples) - len(candidates)} of {len(unlabeled.samples)} unlabeled samples; "
-                 f"they are left out of the labelling suggestions")
+    if "unlabeled" in analysed:
+        candidates = np.flatnonzero(usable & ~labeled)
         labelling = []
-        if len(candidates):
-            ranking = labelling_suggestions(unlabeled.embeddings[candidates], usable_embeddings,
-                                            unlabeled.samples["uncertainty"].to_numpy()[candidates], k=neighbors)
-            labelling = [{"sample_id": unlabeled.samples["sample_id"][candidates[r.row]], "rank": int(r.rank),
-                          "priority": float(r.priority), "uncertainty": float(r.uncertainty),
-                          "novelty": float(r.novelty)} for r in ranking.itertuples()]
+        if len(candidates) and scored.any():
+            ranking = labelling_suggestions(embeddings[candidates], embeddings[scored],
+                                            samples["uncertainty"].to_numpy()[candidates], k=neighbors)
+            labelling = [{"sample_id": keys[candidates[r.row]], "rank": int(r.rank), "priority": float(r.priority),
+                          "uncertainty": float(r.uncertainty), "novelty": float(r.novelty)}
+                         for r in ranking.itertuples()]
 
-    data_root = resolve_data_root(config)
-    recall = planted_defect_recall(samples, data_root / "planted_defects.json", split=split)
-    thumbnails = dict(zip(samples["sample_id"], samples["thumbnail"]))
+    recall = planted_defect_recall(samples, resolve_data_root(config) / "planted_defects.json")
+    insight_rows = samples.loc[usable].reset_index(drop=True)
+    insight_rows["cluster"] = insight_rows["cluster"].astype(np.int64)
+    found = find_insights(insight_rows, latent=embeddings[usable], appearance=appearance[usable],
+                          encoder=encoder_features[usable], statistics=statistics[usable],
+                          metadata_columns=metadata_columns,
+                          class_names=config.class_names, class_swaps=issues.class_swaps.to_dict("records"),
+                          planted_recall=recall, config=insights)
+    clock.done("insights")
+
+    thumbnails = dict(zip(samples["key"], samples["thumbnail"]))
     table = samples.drop(columns=["thumbnail"])
     dashboard_records = dashboards_to_records(dashboards)
-    cluster_table = pruning_summary(pruning).to_dict("records")
-    drop_ids = samples.loc[samples["prune"], "sample_id"].tolist()
-    scored = samples.loc[usable]
-    summary = {"model": str(Path(model_path).resolve()), "split": split, "samples": len(samples),
-               "non_finite_samples": int((~usable).sum()),
+    summary = {"model": str(Path(model_path).resolve()), "splits": names,
+               "samples": {name: int((samples["split"] == name).sum()) for name in names},
+               "non_finite_samples": int(samples["degenerate"].sum()),
+               "decode_failed_samples": int(decode_failed.sum()),
                "label_mode": config.label_mode, "embedding": embedding, "map_method": latent.method,
-               "mean_loss": float(scored["loss"].mean()),
-               **{f"mean {c}": float(np.nanmean(scored[c])) for c in iou_columns + ["mean_iou"]},
+               "mean_loss": float(samples.loc[scored, "loss"].mean()) if scored.any() else None,
+               **{f"mean {c}": float(np.nanmean(samples.loc[scored, c])) if scored.any() else None
+                  for c in iou_columns + ["mean_iou"]},
                "flagged_metadata_bins": sum(len(d["flagged_bins"]) for d in dashboard_records),
-               "suggested_to_prune": len(drop_ids)}
+               "suggested_to_prune": len(drop_ids),
+               "insights": {kind: sum(f.kind == kind for f in found.findings)
+                            for kind in dict.fromkeys(f.kind for f in found.findings)}}
     if recall is not None:
         summary["planted_defect_recall"] = recall["recall"]
         summary["planted_defects_found"] = f"{recall['found_in_top']} of {recall['planted']} in the top {recall['top']}"
-    drops_by_cluster = samples[samples["prune"]].groupby("cluster")["sample_id"].apply(list).to_dict()
-    gallery = _gallery(streamed, issues, samples,
-                       lambda sid: denormalize_image(binder.image_encoder(sid, response)), size=config.image_size)
-    color_fields = ["loss", "mean_iou", "cluster", "label_issue_score", "uncertainty"] + metadata_columns
+    drops_by_cluster = samples[samples["prune"]].groupby("cluster")["key"].apply(list).to_dict()
+    gallery = _gallery(analysed, issues, samples.loc[scored], size=config.image_size)
+    color_fields = ["loss", "mean_iou", "cluster", "split", "label_issue_score", "uncertainty"] + metadata_columns
+    clock.done("gallery")
 
     def build(folder: Path) -> None:
         """Every artefact, into the new folder that replaces ``out_dir`` whole (``work`` moves in after it)."""
         table.to_parquet(folder / "samples.parquet", index=False)
         table.to_csv(folder / "samples.csv", index=False)
-        np.save(folder / "embeddings.npy", streamed.embeddings)
+        np.save(folder / "embeddings.npy", embeddings)
         if labelling is not None:
             write_json(folder / "labelling_suggestions.json", labelling)
-        write_json(folder / "summary.json", summary)
+        found.write(folder)
         write_json(folder / "dashboards.json", dashboard_records)
         write_json(folder / "class_swaps.json", issues.class_swaps.to_dict("records"))
         write_json(folder / "pruning.json", {"clusters": cluster_table, "drop_ids": drop_ids})
-        write_report(folder / "report.html", title=f"coco-seg analysis: {split}", samples=table,
+        write_report(folder / "report.html", title=f"coco-seg analysis: {', '.join(names)}",
+                     samples=table.drop(columns=["sample_id"]).rename(columns={"key": "sample_id"}),
                      class_names=config.class_names, color_fields=color_fields, thumbnails=thumbnails,
                      dashboards=dashboard_records, label_issues=gallery,
                      class_swaps=issues.class_swaps.to_dict("records"),
                      pruning=[{**c, "drop_ids": drops_by_cluster.get(c["cluster"], [])} for c in cluster_table],
-                     labelling=labelling, summary=summary)
+                     labelling=labelling, summary=summary, insights=found.to_records()["findings"])
+        clock.done("report")
+        summary["stages"] = clock.stages
+        summary["stage_peak_rss"] = "cumulative" if clock.peak_is_cumulative else "per stage"
+        write_json(folder / "summary.json", summary)
 
     replace_folder(out_dir, build, known=OUTPUT_FILES, carry=[WORK_DIR])
     summary["report"] = str(out_dir / "report.html")
