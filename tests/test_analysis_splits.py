@@ -11,7 +11,7 @@ import pytest
 
 from coco_seg.analysis import run
 from coco_seg.analysis.appearance import (APPEARANCE_DIMENSIONS, STATISTICS, appearance_descriptors,
-                                          duplicate_space, image_statistics, standardized_rows, unit_rows)
+                                          duplicate_space, image_statistics, standardized_rows)
 from coco_seg.samples import IGNORED_LABEL
 
 CONFIGURED = ["training", "validation", "unlabeled"]
@@ -40,7 +40,9 @@ def test_keys_are_the_sample_ids_unless_an_id_repeats_across_splits():
 
 def _streamed(labels: np.ndarray, probabilities: np.ndarray) -> run.StreamedSplit:
     count = len(labels)
-    return run.StreamedSplit(samples=pd.DataFrame({"row": np.arange(count)}), embeddings=np.zeros((count, 2)),
+    ignored = (labels == IGNORED_LABEL).reshape(count, -1).sum(axis=1)
+    return run.StreamedSplit(samples=pd.DataFrame({"row": np.arange(count), "ignored_pixels": ignored}),
+                             embeddings=np.zeros((count, 2)),
                              probabilities=np.moveaxis(probabilities, -1, 1).astype(np.float16), labels=labels,
                              predicted=probabilities.argmax(-1).astype(np.uint8), appearance=np.zeros((count, 1)),
                              encoder_features=np.zeros((count, 1)), statistics=np.zeros((count, 1)))
@@ -169,7 +171,9 @@ def test_duplicate_space_dot_product_is_the_mean_of_the_two_cosines():
     appearance, encoder = rng.normal(size=(5, 4)), rng.normal(size=(5, 3)) + 2.0
     reference = np.array([True, True, True, False, False])
     space = duplicate_space(appearance, encoder, reference=reference)
-    a, e = unit_rows(appearance), unit_rows(encoder, centre=encoder[reference].mean(axis=0))
+    centred = encoder - encoder[reference].mean(axis=0)
+    a = appearance / np.linalg.norm(appearance, axis=1, keepdims=True)
+    e = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(space @ space.T, 0.5 * (a @ a.T + e @ e.T), atol=1e-12)
     np.testing.assert_allclose(duplicate_space(appearance, None, reference=reference), a)
 

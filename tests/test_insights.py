@@ -161,7 +161,7 @@ def findings_of(insights: dict, kind: str) -> list[dict]:
 def test_one_run_analyses_every_configured_split_in_one_space(planted_analysis):
     samples, summary = planted_analysis["samples"], planted_analysis["summary"]
     assert summary["splits"] == ["training", "validation", "unlabeled"]
-    assert summary["samples"] == samples["split"].value_counts().to_dict() | {}
+    assert summary["samples"] == samples["split"].value_counts().to_dict()
     assert set(samples["split"]) == {"training", "validation", "unlabeled"}
     mapped = samples[~samples["decode_failed"]]
     assert samples["key"].is_unique and np.isfinite(mapped[["map_x", "map_y"]].to_numpy()).all()

@@ -52,13 +52,16 @@ def appearance_descriptors(images: np.ndarray) -> np.ndarray:
     return rows
 
 
-def unit_rows(matrix: np.ndarray, *, centre: np.ndarray | None = None) -> np.ndarray:
-    """(N, D) → (N, D) float64 rows minus ``centre`` (default: none), each scaled to unit length (zero rows stay)."""
+def unit_rows(matrix: np.ndarray, *, reference: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) → (N, D) float64 rows, each scaled to unit length (zero rows stay); with ``reference`` ((N,) bool),
+    first minus the mean of the reference rows (when there are any): centring removes the component all pooled
+    CNN features share, which would push every cosine towards 1."""
+    from coco_seg.analysis.latent import centre_and_normalise  # the latent map's working space, the same rule
+
     matrix = np.asarray(matrix, np.float64)
-    if centre is not None:
-        matrix = matrix - centre
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 1e-12)
+    centre = (matrix[np.asarray(reference, bool)].mean(axis=0) if reference is not None and np.any(reference)
+              else np.zeros(matrix.shape[1]))
+    return centre_and_normalise(matrix, centre=centre, normalize=True)
 
 
 def duplicate_space(appearance: np.ndarray, encoder_features: np.ndarray | None, *,
@@ -68,8 +71,7 @@ def duplicate_space(appearance: np.ndarray, encoder_features: np.ndarray | None,
     the rows whose mean centres the encoder features (the training split)."""
     views = [unit_rows(appearance)]
     if encoder_features is not None and encoder_features.shape[1]:
-        centre = np.asarray(encoder_features, np.float64)[reference].mean(axis=0) if reference.any() else None
-        views.append(unit_rows(encoder_features, centre=centre))
+        views.append(unit_rows(encoder_features, reference=reference))
     return np.hstack(views) / np.sqrt(len(views))
 
 
@@ -81,8 +83,9 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     rows = np.zeros((len(images), len(STATISTICS)), np.float32)
     for index, image in enumerate(images):
         pixels = np.ascontiguousarray(image, np.uint8).astype(np.float32) / 255.0
-        lab = cv2.cvtColor(pixels, cv2.COLOR_RGB2Lab).reshape(-1, 3) / np.float32([100.0, 128.0, 128.0])
-        lightness = cv2.cvtColor(pixels, cv2.COLOR_RGB2Lab)[..., 0] / 100.0
+        lab = cv2.cvtColor(pixels, cv2.COLOR_RGB2Lab) / np.float32([100.0, 128.0, 128.0])
+        lightness = np.ascontiguousarray(lab[..., 0])
+        lab = lab.reshape(-1, 3)
         gradient = np.hypot(cv2.Sobel(lightness, cv2.CV_32F, 1, 0), cv2.Sobel(lightness, cv2.CV_32F, 0, 1))
         laplacian = cv2.Laplacian(lightness, cv2.CV_32F)
         small = cv2.resize(lightness, (DESCRIPTOR_SIZE, DESCRIPTOR_SIZE), interpolation=cv2.INTER_AREA)

@@ -746,12 +746,10 @@ def _ood_spaces(table: _Table, latent: np.ndarray, appearance: np.ndarray,
                 encoder: np.ndarray | None, statistics: np.ndarray | None = None) -> dict[str, np.ndarray]:
     spaces = {}
     reference = table.training
-    spaces["latent"] = unit_rows(latent, centre=np.asarray(latent, np.float64)[reference].mean(axis=0)
-                                 if reference.any() else None)
+    spaces["latent"] = unit_rows(latent, reference=reference)
     spaces["appearance"] = unit_rows(appearance)
     if encoder is not None:
-        spaces["encoder"] = unit_rows(encoder, centre=np.asarray(encoder, np.float64)[reference].mean(axis=0)
-                                      if reference.any() else None)
+        spaces["encoder"] = unit_rows(encoder, reference=reference)
     if statistics is not None:
         spaces["image_statistics"] = standardized_rows(statistics, reference=reference)
     return spaces
@@ -874,22 +872,25 @@ def _duplicate_rows(table: _Table, appearance: np.ndarray, encoder: np.ndarray |
     return duplicate_space(appearance, encoder, reference=table.training)
 
 
-def duplicate_findings(samples: pd.DataFrame, *, appearance: np.ndarray, encoder: np.ndarray | None = None,
-                       config: InsightsConfig = InsightsConfig()) -> list[Finding]:
-    """Groups of near-duplicate samples within each split (kind 5 of the module doc)."""
+def _duplicate_inputs(samples: pd.DataFrame, appearance: np.ndarray,
+                      encoder: np.ndarray | None) -> tuple[_Table, np.ndarray]:
+    """The validated table and its rows in the near-duplicate space, for the public duplicate/leakage calls."""
     table = _prepare(samples, [])
     appearance = _matrix(appearance, name="appearance", rows=len(table.keys))
     encoder = _matrix(encoder, name="encoder", rows=len(table.keys), optional=True)
-    return _duplicates(table, _duplicate_rows(table, appearance, encoder), config)[0]
+    return table, _duplicate_rows(table, appearance, encoder)
+
+
+def duplicate_findings(samples: pd.DataFrame, *, appearance: np.ndarray, encoder: np.ndarray | None = None,
+                       config: InsightsConfig = InsightsConfig()) -> list[Finding]:
+    """Groups of near-duplicate samples within each split (kind 5 of the module doc)."""
+    return _duplicates(*_duplicate_inputs(samples, appearance, encoder), config)[0]
 
 
 def leakage_findings(samples: pd.DataFrame, *, appearance: np.ndarray, encoder: np.ndarray | None = None,
                      config: InsightsConfig = InsightsConfig()) -> list[Finding]:
     """Samples of other splits that are near-copies of training samples (kind 6 of the module doc)."""
-    table = _prepare(samples, [])
-    appearance = _matrix(appearance, name="appearance", rows=len(table.keys))
-    encoder = _matrix(encoder, name="encoder", rows=len(table.keys), optional=True)
-    return _leakage(table, _duplicate_rows(table, appearance, encoder), config)[0]
+    return _leakage(*_duplicate_inputs(samples, appearance, encoder), config)[0]
 
 
 # --------------------------------------------------------------------------------------------- 7. domain gap ---
@@ -963,7 +964,7 @@ def _domain_gap(table: _Table, latent: np.ndarray, metadata_columns: list[str],
     if not splits:
         return [], f"no split besides training with at least {minimum} samples"
     rng = np.random.default_rng(config.seed)
-    space = unit_rows(latent, centre=np.asarray(latent, np.float64)[training_rows].mean(axis=0))
+    space = unit_rows(latent, reference=table.training)
     metadata = {name: table.column(name) for name in metadata_columns}
 
     def subsample(rows: np.ndarray) -> np.ndarray:

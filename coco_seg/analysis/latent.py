@@ -118,9 +118,10 @@ def _positive_int(value: int, *, name: str) -> int:
 # ----------------------------------------------------------------------------------------- working space ---
 
 
-def _centre_and_normalise(matrix: np.ndarray, *, centre: np.ndarray, normalize: bool) -> np.ndarray:
+def centre_and_normalise(matrix: np.ndarray, *, centre: np.ndarray, normalize: bool) -> np.ndarray:
     """Subtract `centre`; with `normalize`, scale every row to unit length (all-zero rows stay zero)."""
-    centred = matrix - centre.astype(np.float32)  # float32 throughout: no float64 copy of the whole matrix
+    # in the matrix's own float type: a float32 matrix gets no float64 copy, a float64 one loses no precision
+    centred = matrix - centre.astype(matrix.dtype if matrix.dtype == np.float64 else np.float32)
     if normalize:
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         np.divide(centred, norms, out=centred, where=norms > 1e-12)
@@ -266,7 +267,7 @@ def build_latent_map(embeddings: np.ndarray, *, k: int = 5, method: str = "auto"
     started = time.perf_counter()
     raw = _as_matrix(embeddings, name="embeddings", min_rows=1)
     samples = len(raw)
-    full = _centre_and_normalise(raw, centre=raw.mean(axis=0, dtype=np.float64), normalize=normalize)
+    full = centre_and_normalise(raw, centre=raw.mean(axis=0, dtype=np.float64), normalize=normalize)
     del raw
     reduced = _reduced_space(full, seed=seed)
     reranked = not _exact_search(samples, full.shape[1]) and reduced is not full
@@ -409,7 +410,7 @@ def labelling_suggestions(unlabeled_embeddings: np.ndarray, labeled_embeddings: 
         return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("row", "rank") else np.float64) for c in columns})
 
     both = np.vstack([labeled, unlabeled])
-    full = _centre_and_normalise(both, centre=both.mean(axis=0, dtype=np.float64), normalize=normalize)
+    full = centre_and_normalise(both, centre=both.mean(axis=0, dtype=np.float64), normalize=normalize)
     split = len(labeled)
     reranked = len(unlabeled) * split * full.shape[1] > EXACT_SEARCH_WORK and full.shape[1] > REDUCED_DIMENSIONS
     search = _reduced_space(full, seed=int(seed)) if reranked else full

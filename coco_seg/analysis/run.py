@@ -11,9 +11,9 @@ Algorithm:
    Per batch, the rows (metadata, metrics, loss, uncertainty, over/under-segmentation counts, decode_failed,
    thumbnail) go to a parquet part file, and the embeddings, colour-layout descriptors, encoder features and
    image statistics (coco_seg.analysis.appearance) to .npy parts, written atomically; probabilities (float16,
-   N×K×S×S) and label maps (IGNORED_LABEL where the one-hot is all zero) go to on-disk memmaps. A rerun skips
-   finished batches, so an interrupted run loses nothing; a different model file, config, annotation file, image
-   file, sample list or batch size starts afresh (the manifest keys the model and the labels by their sha256, the
+   N×K×S×S) and label maps (IGNORED_LABEL where the one-hot is all zero, counted in ``ignored_pixels``) go to
+   on-disk memmaps. A rerun skips finished batches, so an interrupted run loses nothing; a different model file,
+   config, annotation file, image file, sample list or batch size starts afresh (the manifest keys the model and the labels by their sha256, the
    images by their identities).
 2. From the gathered table of all splits (a ``split`` column, a unique ``key``): one latent map (UMAP, PCA
    fallback), clusters and nearest neighbours over every split; label issues with cleanlab.segmentation over all
@@ -334,9 +334,10 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
             rows["dice"] = binder.dice(ground_truth, logits)
             rows["pixel_accuracy"] = binder.pixel_accuracy(ground_truth, logits)
             rows["loss"] = binder.pixel_cross_entropy(ground_truth, logits)
-            # A pixel whose one-hot is all zero (crowd regions, a decode placeholder) belongs to no class: it
+            # A pixel whose one-hot is all zero (today: a decode placeholder's) belongs to no class: it
             # stays IGNORED_LABEL, not the argmax of zeros (background), and counts in no blob either.
             ignored = ground_truth.sum(-1) == 0
+            rows["ignored_pixels"] = ignored.reshape(len(chunk), -1).sum(axis=1)
             gt_labels = np.where(ignored, IGNORED_LABEL, ground_truth.argmax(-1)).astype(np.uint8)
             rows |= segmentation_error_columns(np.where(ignored, 0, gt_labels), np.where(ignored, 0, predicted_labels),
                                                class_names=config.class_names)
@@ -379,8 +380,9 @@ def _label_issue_inputs(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]]
     probabilities, whether a pixel is ignored anywhere)."""
     from coco_seg.samples import IGNORED_LABEL
 
-    ignored_anywhere = any(bool((streamed.labels[rows[start:start + CLEANLAB_CHUNK]] == IGNORED_LABEL).any())
-                           for _, streamed, rows in sources for start in range(0, len(rows), CLEANLAB_CHUNK))
+    # counted per sample while streaming: no second pass over the label memmaps
+    ignored_anywhere = any(int(streamed.samples["ignored_pixels"].to_numpy()[rows].sum()) > 0
+                           for _, streamed, rows in sources)
     if len(sources) == 1 and len(sources[0][2]) == len(sources[0][1].labels) and not ignored_anywhere:
         return sources[0][1].labels, sources[0][1].probabilities, False
     work.mkdir(parents=True, exist_ok=True)
@@ -646,12 +648,9 @@ def analyze(*, model_path: Path, out_dir: Path, splits: Optional[str | Sequence[
                         ignore_index=True)
     samples.insert(1, "key", sample_keys(samples["split"].tolist(), samples["sample_id"].tolist()))
     metadata_columns = list(metadata_names(config))
-    for column in metadata_columns:
-        if samples[column].dtype == object:  # numbers beside the None an unlabeled sample's GT-based field holds
-            try:
-                samples[column] = pd.to_numeric(samples[column])
-            except (TypeError, ValueError):
-                pass  # a genuinely categorical field stays as it is
+    for column in metadata_columns:  # every field is declared int, float or bool (coco_seg.metadata)
+        if samples[column].dtype == object:  # beside the None an unlabeled sample's GT-based field holds
+            samples[column] = samples[column].astype(np.float64)
     embeddings = np.concatenate([split.streamed.embeddings for split in analysed.values()])
     appearance = np.concatenate([split.streamed.appearance for split in analysed.values()])
     encoder_features = np.concatenate([split.streamed.encoder_features for split in analysed.values()])
