@@ -30,8 +30,8 @@ from coco_seg import metrics, visualizers
 from coco_seg.coco_data import load_labeled_split, load_unlabeled_split, resolve_data_root
 from coco_seg.config import get_config
 from coco_seg.encoders import encode_image, encode_mask, sample_metadata
-from coco_seg.export import INPUT_NAME
 from coco_seg.metadata import metadata_names
+from coco_seg.registry import GROUND_TRUTH_NAME, INPUT_NAME, LOSS_NAME
 
 CONFIG = get_config()
 CLASS_NAMES = list(CONFIG.class_names)
@@ -58,7 +58,7 @@ def image_encoder(sample_id: str, preprocess_response: PreprocessResponse) -> np
     return encode_image(preprocess_response.data, sample_id)
 
 
-@tensorleap_gt_encoder("mask")
+@tensorleap_gt_encoder(GROUND_TRUTH_NAME)
 def mask_encoder(sample_id: str, preprocess_response: PreprocessResponse) -> np.ndarray:
     return encode_mask(preprocess_response.data, sample_id)
 
@@ -100,7 +100,7 @@ def pixel_accuracy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarr
     return metrics.pixel_accuracy(ground_truth, prediction)
 
 
-@tensorleap_custom_loss("pixel_cross_entropy")
+@tensorleap_custom_loss(LOSS_NAME)
 def pixel_cross_entropy(ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     return metrics.cross_entropy_loss(ground_truth, prediction)
 

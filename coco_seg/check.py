@@ -40,7 +40,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
     from code_loader.leaploader import LeapLoader
 
     from coco_seg.config import get_config
-    from coco_seg.export import INPUT_NAME
+    from coco_seg.registry import GROUND_TRUTH_NAME, INPUT_NAME
 
     config = get_config()
     loader = LeapLoader(code_path=code_path, code_entry_name=ENTRY_FILE)
@@ -83,7 +83,7 @@ def _engine_check_worker(code_path: str) -> dict[str, Any]:
             elif not (-1.0 <= float(image.min()) and float(image.max()) <= 1.0):
                 report["problems"].append(f"{where}: image values outside [-1, 1]")
             if state_name != "unlabeled":
-                mask = sample.gt["mask"]
+                mask = sample.gt[GROUND_TRUTH_NAME]
                 entry["mask"] = [list(mask.shape), str(mask.dtype)]
                 if mask.shape != (size, size, channels) or mask.dtype != np.float32:
                     report["problems"].append(f"{where}: mask is {mask.shape} {mask.dtype}, expected "

@@ -1,9 +1,9 @@
-"""`coco-seg analyze`: the Tensorleap analyses, offline, through the binder's own registered functions.
+"""`coco-seg analyze`: the Tensorleap analyses, offline, through the integration's own registered functions.
 
 Algorithm:
 1. Stream each analysed split (default: every labeled split configured, then unlabeled when configured) in
-   batches through ``leap_binder``'s decorated encoders, metadata, metrics and loss (the very functions the engine
-   calls) and the model: logits, an embedding, and the encoder's pooled block-13 features. The default embedding
+   batches through the encoders, metadata, metrics and loss the integration registered with code-loader, read
+   back by name from its registry (coco_seg.registry: the very functions the engine calls), and the model: logits, an embedding, and the encoder's pooled block-13 features. The default embedding
    is the one the Tensorleap integration registers for the platform's analysis (coco_seg.latent_space): the
    decoder feature map before the classifier, pooled per class over the ground truth (over the prediction for
    unlabeled samples), so the platform and this report cluster the same representation;
@@ -30,7 +30,6 @@ Algorithm:
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -38,7 +37,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Optional
 
 import cv2
@@ -49,9 +47,9 @@ from coco_seg import metrics
 from coco_seg.atomic import prepare_folder, replace_folder, write_atomically as _atomic_write, write_json_atomically
 from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.index_cache import content_digest, file_identity
+from coco_seg.registry import GROUND_TRUTH_NAME, INPUT_NAME, LOSS_NAME, Registry, load_registry
 from coco_seg.visualizers import denormalize_image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 WORK_FORMAT = 3  # 2: keyed on model, config, labels, images and batch size; 3: + decode_failed and the OOD views
 THUMBNAIL_SIZE = 96
 WORK_DIR = "work"  # inside the output folder: the resumable parts; moved along when the folder is replaced
@@ -62,17 +60,6 @@ GALLERY_SIZE = 24  # label-issue images shown with their panels
 CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
 CLASS_COLORS = np.array([[0, 0, 0], [220, 50, 50], [40, 110, 230], [60, 180, 75], [245, 130, 48], [145, 30, 180],
                          [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]], np.uint8)
-
-
-def load_binder() -> ModuleType:
-    """Import ``leap_binder.py`` (the engine's entry file) once; it reads the config from ``$COCO_SEG_CONFIG``."""
-    if "leap_binder" in sys.modules:
-        return sys.modules["leap_binder"]
-    spec = importlib.util.spec_from_file_location("leap_binder", REPO_ROOT / "leap_binder.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["leap_binder"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 LATENT_SPACES = ("tensorleap", "encoder")
@@ -265,7 +252,7 @@ def _holds(path: Path, dtype, shape: tuple[int, ...]) -> bool:
     return array.shape == shape and array.dtype == dtype
 
 
-def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: Sequence[str],
+def stream_split(registry: Registry, response: Any, *, split: str, sample_ids: Sequence[str],
                  model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                  model_path: Path, config: Config, work: Path, batch_size: int, embedding: str,
                  progress: bool = True) -> StreamedSplit:
@@ -295,7 +282,11 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
     labels = _open_memmap(work / "labels.npy", np.uint8, (count, size, size)) if labeled else None
     predicted = _open_memmap(work / "predicted.npy", np.uint8, (count, size, size))
     names = list(metadata_names(config))
-    metadata_functions = {name: binder.METADATA[name] for name in names}  # paired by name
+    metadata_functions = {name: registry.metadata_function(name) for name in names}  # paired by name
+    image_encoder, mask_encoder = registry.input(INPUT_NAME), registry.ground_truth(GROUND_TRUTH_NAME)
+    iou, mean_iou, dice, pixel_accuracy = (registry.metric(name) for name in ("iou", "mean_iou", "dice",
+                                                                              "pixel_accuracy"))
+    loss = registry.loss(LOSS_NAME)
     starts = range(0, count, batch_size)
     iterator = starts
     if progress:
@@ -307,11 +298,11 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
         if part.is_file() and all(part.with_suffix(f".{kind}").is_file() for kind in PART_ARRAYS):
             continue  # finished in an earlier run
         chunk = list(sample_ids[start:start + batch_size])
-        images = np.stack([binder.image_encoder(i, response) for i in chunk])
+        images = np.stack([image_encoder(i, response) for i in chunk])
         # The encoder has just recorded any image that failed to decode; its placeholder is no photo.
         failed = getattr(response.data, "failed_at_decode", {})
         logits, embeddings, encoder_features = (np.asarray(t, np.float32) for t in model(images))
-        ground_truth = np.stack([binder.mask_encoder(i, response) for i in chunk]) if labeled else None
+        ground_truth = np.stack([mask_encoder(i, response) for i in chunk]) if labeled else None
         if embeddings.ndim == 4:  # the integration's custom latent space, pooled the same way
             embeddings = (latent_space.pool_by_ground_truth(embeddings, ground_truth) if labeled
                           else latent_space.pool_by_prediction(embeddings, logits))
@@ -328,12 +319,12 @@ def stream_split(binder: ModuleType, response: Any, *, split: str, sample_ids: S
         predicted_labels = probs.argmax(-1).astype(np.uint8)
         predicted[start:start + len(chunk)] = predicted_labels
         if labeled:
-            for class_name, values in binder.iou(ground_truth, logits).items():
+            for class_name, values in iou(ground_truth, logits).items():
                 rows[f"iou_{class_name}"] = values
-            rows["mean_iou"] = binder.mean_iou(ground_truth, logits)
-            rows["dice"] = binder.dice(ground_truth, logits)
-            rows["pixel_accuracy"] = binder.pixel_accuracy(ground_truth, logits)
-            rows["loss"] = binder.pixel_cross_entropy(ground_truth, logits)
+            rows["mean_iou"] = mean_iou(ground_truth, logits)
+            rows["dice"] = dice(ground_truth, logits)
+            rows["pixel_accuracy"] = pixel_accuracy(ground_truth, logits)
+            rows["loss"] = loss(ground_truth, logits)
             # A pixel whose one-hot is all zero (today: a decode placeholder's) belongs to no class: it
             # stays IGNORED_LABEL, not the argmax of zeros (background), and counts in no blob either.
             ignored = ground_truth.sum(-1) == 0
@@ -622,13 +613,16 @@ def analyze(*, model_path: Path, out_dir: Path, splits: Optional[str | Sequence[
     from coco_seg.metadata import metadata_names
 
     insights = InsightsConfig() if insights is None else insights
-    binder = load_binder()
-    config: Config = binder.CONFIG
+    registry = load_registry()
+    config: Config = registry.config
     names = parse_splits(splits, configured_splits(config))
     clock = StageClock()
-    responses = {r.state.name: r for r in binder.preprocess()}
+    responses = {r.state.name: r for r in registry.preprocess()}
     if "unlabeled" in names:
-        responses["unlabeled"] = binder.unlabeled_preprocess()
+        if registry.unlabeled_preprocess is None:
+            raise ValueError("the unlabeled split is configured but the integration registers no unlabeled "
+                             "preprocess")
+        responses["unlabeled"] = registry.unlabeled_preprocess()
     model = analysis_model(Path(model_path), config, latent_space=latent_space, embedding_layer=embedding_layer)
     embedding = latent_space if embedding_layer is None else f"{latent_space}:{embedding_layer}"
     out_dir = prepare_folder(out_dir, known=OUTPUT_FILES, carry=[WORK_DIR])  # a foreign folder: refused up front
@@ -637,11 +631,11 @@ def analyze(*, model_path: Path, out_dir: Path, splits: Optional[str | Sequence[
     analysed: dict[str, AnalysedSplit] = {}
     for name in names:
         response = responses[name]
-        streamed = stream_split(binder, response, split=name, sample_ids=response.sample_ids[:limit], model=model,
+        streamed = stream_split(registry, response, split=name, sample_ids=response.sample_ids[:limit], model=model,
                                 model_path=Path(model_path), config=config, work=out_dir / WORK_DIR / name,
                                 batch_size=batch_size, embedding=embedding, progress=progress)
         analysed[name] = AnalysedSplit(name, streamed,
-                                       lambda sid, r=response: denormalize_image(binder.image_encoder(sid, r)))
+                                       lambda sid, r=response: denormalize_image(registry.input(INPUT_NAME)(sid, r)))
     clock.done("inference")
 
     samples = pd.concat([split.streamed.samples.assign(split=name) for name, split in analysed.items()],
