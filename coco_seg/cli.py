@@ -59,6 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from coco_seg.distribute import DistributeConfig
     from coco_seg.training import TrainOptions, train
 
     config = load_config()
@@ -76,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                            augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
                            boundary_weight=args.boundary_weight, repeat_threshold=args.repeat_threshold,
                            seed=args.seed)
-    state = train(config, Path(args.out), options, resume=args.resume)
+    state = train(config, Path(args.out), options, resume=args.resume,
+                  distribute=DistributeConfig(args.distribute, args.replicas))
     if state.best_epoch is not None:
         print(f"best epoch {state.best_epoch}: validation mean IoU {state.best_validation['mean_iou']:.3f}; "
               f"export it with: coco-seg export --checkpoint {Path(args.out) / 'checkpoints' / 'best.keras'} "
@@ -224,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "training images appears round(sqrt(T / f)) times per epoch; 0 (default) turns it off")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    train.add_argument("--distribute", choices=["auto", "none", "mirrored", "multi-worker"], default="auto",
+                       help="tf.distribute strategy: mirrored = MirroredStrategy over the local GPUs; multi-worker = "
+                            "MultiWorkerMirroredStrategy from TF_CONFIG (only the chief writes --out); auto = "
+                            "mirrored when more than one GPU is visible, else none (the default)")
+    train.add_argument("--replicas", type=int, metavar="N",
+                       help="mirrored: use N GPUs; without a GPU, split the CPU into N logical devices (a testing "
+                            "aid that runs the distributed path anywhere; not faster). --batch-size stays the "
+                            "global batch and must divide by N")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="dataset-level IoU per class (confusion matrix over the split)")

@@ -5,7 +5,9 @@ own encoders (``encode_image`` / ``encode_label_mask`` — same decode, resize, 
 engine sees, so the trained model and the binder cannot disagree), optionally augments image and mask together
 (horizontal flip; scale by 1–1.5 then crop back to S×S) with stateless random ops seeded per sample, one-hot
 encodes the mask and batches. The loss is pixel cross-entropy on logits, optionally class-weighted, plus an
-optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. After every epoch the model (with its
+optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. The loop is ``make_train_step`` under a
+``tf.distribute`` strategy (coco_seg.distribute; the default strategy on one device), not ``model.fit``, whose
+Keras 3 version fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). After every epoch the model (with its
 optimizer state) is written to ``checkpoints/last.keras``, the best by validation mean IoU to ``best.keras``, and
 ``train_state.json`` records the finished epochs, so ``resume`` continues an interrupted run without losing one.
 
@@ -18,9 +20,12 @@ state's nor its pending file's was changed after training: resume and export ref
 model that the state does not describe.
 """
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +40,7 @@ from coco_seg import class_balance
 from coco_seg.atomic import write_atomically, write_json_atomically as _write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
+from coco_seg.distribute import DistributeConfig, check_global_batch, make_distribution
 from coco_seg.encoders import encode_image, encode_label_mask
 from coco_seg.evaluate import evaluate_split
 from coco_seg.index_cache import content_digest
@@ -91,6 +97,9 @@ class TrainState:
     # the checkpoint journal: {"last.keras": {"epoch": N, "sha256": ...}, "best.keras": {...}} (see the module
     # comment); None in a run written before the journal existed
     checkpoints: Optional[dict[str, dict[str, Any]]] = None
+    # the tf.distribute strategy of the latest (resumed) run: {"strategy": "none"|"mirrored"|"multi-worker",
+    # "replicas": N, "replica_batch": b, "epoch_samples": samples per epoch, padded to whole global batches}
+    distribute: Optional[dict[str, Any]] = None
 
 
 class CheckpointMismatch(ValueError):
@@ -112,8 +121,12 @@ def write_checkpoints(model: keras.Model, out_dir: Path, state: TrainState, name
     through the journal of the module comment."""
     folder = out_dir / "checkpoints"
     entries = {}
+    # One save, then copies: the names hold the same model, and under MultiWorkerMirroredStrategy a save runs
+    # collectives that every worker must match (see _save_as_non_chief), so each epoch saves exactly once.
+    save_model_atomically(model, folder / _pending(names[0]))
+    for name in names[1:]:
+        write_atomically(folder / _pending(name), lambda temp: shutil.copyfile(folder / _pending(names[0]), temp))
     for name in names:
-        save_model_atomically(model, folder / _pending(name))
         entries[name] = {"epoch": state.epochs_done, "sha256": content_digest(folder / _pending(name))}
     state.checkpoints = {**(state.checkpoints or {}), **entries}
     _write_json_atomically(out_dir / STATE_NAME, asdict(state))  # the commit point
@@ -121,22 +134,33 @@ def write_checkpoints(model: keras.Model, out_dir: Path, state: TrainState, name
         _take_name(folder / _pending(name), folder / name)
 
 
+def committed_checkpoint(out_dir: Path, state: TrainState, name: str) -> Path:
+    """The file holding checkpoint ``name`` as ``state`` commits it: its final name, or its pending one when the
+    run stopped between commit and rename; raise :class:`CheckpointMismatch` when neither has the digest. Reads
+    only (a non-chief worker resumes through it while the chief settles the folder)."""
+    folder, entry = out_dir / "checkpoints", (state.checkpoints or {})[name]
+    final, pending = folder / name, folder / _pending(name)
+    if final.is_file() and content_digest(final) == entry["sha256"]:
+        return final
+    if pending.is_file() and content_digest(pending) == entry["sha256"]:
+        return pending
+    found = "is missing" if not final.is_file() else f"has sha256 {content_digest(final)[:12]}…"
+    raise CheckpointMismatch(
+        f"{final} {found}, but {out_dir / STATE_NAME} describes epoch {entry['epoch']} with sha256 "
+        f"{entry['sha256'][:12]}…: the checkpoint was replaced or changed after training, so the run's "
+        f"state does not describe it; put the original back, or train afresh in another --out")
+
+
 def settle_checkpoints(out_dir: Path, state: TrainState) -> None:
     """Make ``out_dir/checkpoints`` hold what ``state`` describes: roll a committed epoch forward, drop an
     uncommitted one; raise :class:`CheckpointMismatch` for a checkpoint that is neither."""
     folder = out_dir / "checkpoints"
-    for name, entry in (state.checkpoints or {}).items():
+    for name in (state.checkpoints or {}):
         final, pending = folder / name, folder / _pending(name)
-        if final.is_file() and content_digest(final) == entry["sha256"]:
+        if committed_checkpoint(out_dir, state, name) == final:
             pending.unlink(missing_ok=True)  # an epoch saved but never committed
-        elif pending.is_file() and content_digest(pending) == entry["sha256"]:
-            _take_name(pending, final)  # committed, not yet renamed when the run stopped
         else:
-            found = "is missing" if not final.is_file() else f"has sha256 {content_digest(final)[:12]}…"
-            raise CheckpointMismatch(
-                f"{final} {found}, but {out_dir / STATE_NAME} describes epoch {entry['epoch']} with sha256 "
-                f"{entry['sha256'][:12]}…: the checkpoint was replaced or changed after training, so the run's "
-                f"state does not describe it; put the original back, or train afresh in another --out")
+            _take_name(pending, final)  # committed, not yet renamed when the run stopped
     for name in (LAST_NAME, BEST_NAME):
         if state.checkpoints is None or name not in state.checkpoints:
             (folder / _pending(name)).unlink(missing_ok=True)
@@ -218,13 +242,21 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> t
 
 
 def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
-                 epochs: tuple[int, int] = (0, 1), repeats: Optional[np.ndarray] = None) -> tf.data.Dataset:
+                 epochs: tuple[int, int] = (0, 1), repeats: Optional[np.ndarray] = None,
+                 replica_batch: Optional[int] = None, pipeline: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders.
 
     Covers epochs ``epochs[0]`` to ``epochs[1] - 1`` back to back; each epoch's order and augmentation depend only
     on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen. ``repeats``
     ((N,) int >= 1, per ``split.sample_ids``) makes sample i appear ``repeats[i]`` times per epoch, each time with
     its own augmentation.
+
+    Distributed (``replica_batch`` < ``batch_size``, the global batch): input pipeline ``pipeline[0]`` of
+    ``pipeline[1]`` (one per worker) yields its contiguous share of every global batch, cut into batches of
+    ``replica_batch`` that go to its local replicas in order — so the replicas of one step together see exactly the
+    global batch one device would. Each epoch is then padded to a whole number of global batches by repeating its
+    first positions (as torch's DistributedSampler does): every replica gets a full batch at every step, and no
+    replica runs out of data while another waits for it in an all-reduce.
     """
     sample_ids = split.sample_ids
     if repeats is None:
@@ -235,6 +267,14 @@ def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: b
     occurrence = np.repeat(np.arange(len(sample_ids), dtype=np.int64), repeats)
     count = len(occurrence)
     size, num_classes = split.config.image_size, split.config.num_classes
+    replica_batch = batch_size if replica_batch is None else replica_batch
+    index, pipelines = pipeline
+    share = batch_size // pipelines  # samples of each global batch this pipeline feeds
+    if batch_size % pipelines or share % replica_batch or not 0 <= index < pipelines:
+        raise ValueError(f"a global batch of {batch_size} does not split into {pipelines} pipelines of batches of "
+                         f"{replica_batch} (pipeline {index})")
+    distributed = replica_batch != batch_size or pipelines > 1
+    padded = -(-count // batch_size) * batch_size if distributed else count
 
     def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
         sample_id = sample_ids[int(occurrence[int(index)])]
@@ -250,12 +290,16 @@ def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: b
     def one_epoch(epoch):
         if shuffle:  # a permutation drawn from (seed, epoch) alone
             order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
-            indices = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
+            order = tf.cast(order, tf.int64)
         else:
-            indices = tf.data.Dataset.range(count)
-        return (indices.map(lambda index: load_sample(epoch, index), num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=True)
-                .batch(batch_size))
+            order = tf.range(count, dtype=tf.int64)
+        if distributed:  # pad to whole global batches, keep this pipeline's share of each
+            order = tf.gather(order, tf.range(padded, dtype=tf.int64) % count)
+            order = tf.reshape(tf.reshape(order, [-1, batch_size])[:, index * share:(index + 1) * share], [-1])
+        return (tf.data.Dataset.from_tensor_slices(order)
+                .map(lambda position: load_sample(epoch, position), num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .batch(replica_batch))
 
     return tf.data.Dataset.range(*epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
@@ -274,31 +318,67 @@ def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: compiled(tf.constant(images)).numpy()
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    """Validate, checkpoint and report after each epoch."""
+def _end_epoch(model: keras.Model, *, epoch: int, train_loss: float, seconds: float, epochs: int, out_dir: Path,
+               state: TrainState, validation: SplitData, log: Callable[[str], None]) -> None:
+    """The chief's work after an epoch: validate, checkpoint (through the journal) and report."""
+    evaluation = evaluate_split(keras_predict(model), validation)
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "validation_mean_iou": evaluation.mean_iou,
+              "validation_iou": evaluation.iou, "seconds": round(seconds, 1)}
+    names = [LAST_NAME]
+    if _improves(evaluation.mean_iou, state.best_validation):
+        names.append(BEST_NAME)
+        state.best_epoch, state.best_validation = epoch + 1, asdict(evaluation)
+    state.epochs_done = epoch + 1
+    state.history.append(record)
+    write_checkpoints(model, out_dir, state, names)
+    per_class = ", ".join(f"{n} {v:.3f}" for n, v in evaluation.iou.items() if v is not None and n != "background")
+    log(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, validation mean IoU {evaluation.mean_iou:.3f} "
+        f"({per_class}), {seconds:.0f} s")
 
-    def __init__(self, *, out_dir: Path, state: TrainState, validation: SplitData, log: Callable[[str], None]):
-        super().__init__()
-        self.out_dir, self.state, self.validation, self.log = out_dir, state, validation, log
-        self.started = time.monotonic()
 
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.started = time.monotonic()
+def _save_as_non_chief(model: keras.Model) -> None:
+    """Save into a temporary folder and drop it. Under MultiWorkerMirroredStrategy ``model.save`` runs collective
+    ops (measured: a CollectiveBcastSend) that wait for every worker, so a worker must save whenever the chief does
+    (TensorFlow's multi-worker guide does the same); only the chief's file is kept."""
+    with tempfile.TemporaryDirectory(prefix="coco-seg-non-chief-") as scratch:
+        model.save(Path(scratch) / LAST_NAME)
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        evaluation = evaluate_split(keras_predict(self.model), self.validation)
-        record = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "validation_mean_iou": evaluation.mean_iou,
-                  "validation_iou": evaluation.iou, "seconds": round(time.monotonic() - self.started, 1)}
-        names = [LAST_NAME]
-        if _improves(evaluation.mean_iou, self.state.best_validation):
-            names.append(BEST_NAME)
-            self.state.best_epoch, self.state.best_validation = epoch + 1, asdict(evaluation)
-        self.state.epochs_done = epoch + 1
-        self.state.history.append(record)
-        write_checkpoints(self.model, self.out_dir, self.state, names)
-        per_class = ", ".join(f"{n} {v:.3f}" for n, v in evaluation.iou.items() if v is not None and n != "background")
-        self.log(f"epoch {epoch + 1}/{self.params['epochs']}: train loss {record['train_loss']:.4f}, "
-                 f"validation mean IoU {evaluation.mean_iou:.3f} ({per_class}), {record['seconds']:.0f} s")
+
+def make_train_step(model: keras.Model, loss: SegmentationLoss,
+                    strategy: tf.distribute.Strategy) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor]]:
+    """One synchronous step over every replica: ``step(distributed_iterator)`` → (sum of the per-sample losses,
+    samples) over the global batch.
+
+    Each replica divides its loss sum by the global batch's sample count (all-reduced), and the optimizer sums the
+    replicas' gradients (Keras all-reduces them inside ``apply_gradients``): the update is that of the global
+    batch's mean loss, as one device computing the whole batch would make it. With the default strategy the
+    all-reduces are the identity.
+    """
+    def replica_step(images, masks):
+        with tf.GradientTape() as tape:
+            per_sample = loss.call(masks, model(images, training=True))  # (b,)
+            samples = tf.cast(tf.shape(per_sample)[0], tf.float32)
+            global_samples = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, samples)
+            objective = tf.reduce_sum(per_sample) / global_samples
+        gradients = tape.gradient(objective, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return tf.reduce_sum(per_sample), samples
+
+    @tf.function
+    def step(iterator):
+        total, samples = strategy.run(replica_step, args=next(iterator))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, samples, axis=None))
+
+    return step
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of every weight's bytes, in order: equal in every worker of a synchronous run."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 RUN_FILES = (STATE_NAME, *(f"checkpoints/{n}" for name in (LAST_NAME, BEST_NAME) for n in (name, _pending(name))))
@@ -333,10 +413,15 @@ def _improves(mean_iou: float, best: Optional[dict[str, Any]]) -> bool:
 
 
 def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool = False,
-          log: Callable[[str], None] = print) -> TrainState:
-    """Train per ``options``; with ``resume`` continue the run in ``out_dir`` after its last finished epoch."""
+          distribute: DistributeConfig = DistributeConfig(), log: Callable[[str], None] = print) -> TrainState:
+    """Train per ``options`` under the ``distribute`` strategy (coco_seg.distribute); with ``resume`` continue the
+    run in ``out_dir`` after its last finished epoch. Only the chief writes ``out_dir``; every worker is given the
+    same ``out_dir`` (shared storage), which the others read on ``resume``."""
+    distribution = make_distribution(distribute)  # first: it must precede TensorFlow's runtime initialisation
+    replica_batch = check_global_batch(options.batch_size, distribution.replicas)
     keras.utils.set_random_seed(options.seed)
-    prepare_run_folder(out_dir)
+    if distribution.is_chief:
+        prepare_run_folder(out_dir)
     data_root = resolve_data_root(config)
     training = load_labeled_split(config, "training", data_root=data_root)
     validation = load_labeled_split(config, "validation", data_root=data_root)
@@ -366,8 +451,10 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             raise ValueError(f"{out_dir} was trained for {state.label_mode} {state.classes} at {state.image_size} px;"
                              f" the config asks for {config.label_mode} {list(config.class_names)} at "
                              f"{config.image_size} px")
-        settle_checkpoints(out_dir, state)
-        model = keras.models.load_model(out_dir / "checkpoints" / LAST_NAME)
+        if distribution.is_chief:
+            settle_checkpoints(out_dir, state)
+        with distribution.strategy.scope():
+            model = keras.models.load_model(committed_checkpoint(out_dir, state, LAST_NAME))
         log(f"resuming after epoch {state.epochs_done} of {options.epochs}")
     else:
         balance = _class_balance(options, training)
@@ -382,30 +469,70 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             log(f"repeat-factor sampling (threshold {options.repeat_threshold}): {state.sampling['images_repeated']} "
                 f"images repeated, up to {state.sampling['max_repeats']}x; {state.sampling['epoch_samples']} "
                 f"samples per epoch")
-        model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
-                           encoder_weights=options.encoder_weights, alpha=options.alpha,
-                           trainable_encoder=options.fine_tune)
-        for layer in _all_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = BATCHNORM_MOMENTUM
-        model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                      loss=SegmentationLoss(None if balance is None else balance["weights"], options.dice_weight,
-                                            options.boundary_weight))
+        with distribution.strategy.scope():
+            model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
+                               encoder_weights=options.encoder_weights, alpha=options.alpha,
+                               trainable_encoder=options.fine_tune)
+            for layer in _all_layers(model):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = BATCHNORM_MOMENTUM
+            model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                          loss=SegmentationLoss(None if balance is None else balance["weights"], options.dice_weight,
+                                                options.boundary_weight))
+    synchronise_batchnorm(model, distribution.replicas)
+    epoch_samples = len(training.sample_ids) if repeats is None else int(repeats.sum())
+    steps_per_epoch = -(-epoch_samples // options.batch_size)
+    state.distribute = {**distribution.as_json(), "replica_batch": replica_batch,
+                        "epoch_samples": steps_per_epoch * options.batch_size if distribution.replicas > 1
+                        else epoch_samples}
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
-    log(f"training on {', '.join(devices)}: {state.split_sizes['training']} training / "
-        f"{state.split_sizes['validation']} validation samples, {config.label_mode} {list(config.class_names)}, "
-        f"{config.image_size} px, encoder {'fine-tuned' if options.fine_tune else 'frozen'}")
+    log(f"training on {', '.join(devices)} ({distribution.name}, {distribution.replicas} replica(s) of "
+        f"{replica_batch}, task {distribution.task}{', chief' if distribution.is_chief else ''}): "
+        f"{state.split_sizes['training']} training / {state.split_sizes['validation']} validation samples, "
+        f"{config.label_mode} {list(config.class_names)}, {config.image_size} px, encoder "
+        f"{'fine-tuned' if options.fine_tune else 'frozen'}")
     if state.epochs_done >= options.epochs:
         log(f"already trained for {state.epochs_done} epochs")
         return state
-    dataset = make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
-                           seed=options.seed, epochs=(state.epochs_done, options.epochs), repeats=repeats)
-    epoch_samples = len(training.sample_ids) if repeats is None else int(repeats.sum())
-    steps_per_epoch = -(-epoch_samples // options.batch_size)
-    model.fit(dataset, epochs=options.epochs, initial_epoch=state.epochs_done, steps_per_epoch=steps_per_epoch,
-              verbose=0, shuffle=False,
-              callbacks=[_EpochEnd(out_dir=out_dir, state=state, validation=validation, log=log)])
+
+    def dataset_for(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
+                            seed=options.seed, epochs=(state.epochs_done, options.epochs), repeats=repeats,
+                            replica_batch=replica_batch,
+                            pipeline=(context.input_pipeline_id, context.num_input_pipelines))
+
+    with distribution.strategy.scope():
+        if not model.optimizer.built:  # built outside the traced step (a variable created in it would not be)
+            model.optimizer.build(model.trainable_variables)
+        iterator = iter(distribution.strategy.distribute_datasets_from_function(dataset_for))
+        step = make_train_step(model, model.loss, distribution.strategy)
+        for epoch in range(state.epochs_done, options.epochs):
+            started, total, samples = time.monotonic(), 0.0, 0.0
+            for _ in range(steps_per_epoch):
+                step_total, step_samples = step(iterator)
+                total, samples = total + float(step_total), samples + float(step_samples)
+            if distribution.is_chief:
+                _end_epoch(model, epoch=epoch, train_loss=total / samples, seconds=time.monotonic() - started,
+                           epochs=options.epochs, out_dir=out_dir, state=state, validation=validation, log=log)
+            else:
+                _save_as_non_chief(model)
+                state.epochs_done = epoch + 1
+                log(f"epoch {epoch + 1}/{options.epochs}: train loss {total / samples:.4f} (task "
+                    f"{distribution.task}: the chief validates and checkpoints)")
+    log(f"trained weights sha256 {weights_digest(model)} (task {distribution.task})")
     return state
+
+
+def synchronise_batchnorm(model: keras.Model, replicas: int) -> None:
+    """With more than one replica, every BatchNormalization layer that trains computes its batch statistics over
+    the global batch (``synchronized``: an all-reduce of sums per layer) instead of its replica's slice: the decoder
+    then normalises exactly as on one device whatever the replica count, so a run's result does not depend on how
+    many devices it had, and a small per-replica batch (the global 16 on 8 GPUs is 2 each) does not make the
+    statistics noisy. The cost, a few all-reduces of per-channel sums per step, is small next to the gradients'."""
+    if replicas > 1:
+        for layer in _all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+                layer.synchronized = True
 
 
 def _sampling(repeats: Optional[np.ndarray]) -> Optional[dict[str, Any]]:
