@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            encoder_weights=args.encoder_weights, alpha=args.alpha, fine_tune=args.fine_tune,
                            augment=not args.no_augment, class_weights=weights, dice_weight=args.dice_weight,
                            boundary_weight=args.boundary_weight, repeat_threshold=args.repeat_threshold,
-                           seed=args.seed)
+                           seed=args.seed, mixed_precision=args.mixed_precision)
     state = train(config, Path(args.out), options, resume=args.resume,
                   distribute=DistributeConfig(args.distribute, args.replicas))
     if state.best_epoch is not None:
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "training images appears round(sqrt(T / f)) times per epoch; 0 (default) turns it off")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="Keras mixed_float16: float16 compute, float32 weights, logits and loss, dynamic loss "
+                            "scaling (for GPUs with tensor cores; slower on a CPU). Checkpoints load for inference "
+                            "and export in float32")
     train.add_argument("--distribute", choices=["auto", "none", "mirrored", "multi-worker"], default="auto",
                        help="tf.distribute strategy: mirrored = MirroredStrategy over the local GPUs; multi-worker = "
                             "MultiWorkerMirroredStrategy from TF_CONFIG (only the chief writes --out); auto = "

@@ -144,7 +144,9 @@ def load_model(path: Path) -> "onnxruntime.InferenceSession | keras.Model":
                                  f"point config key 'model.path' at the {ONNX_SUFFIX} that `coco-seg export` wrote "
                                  f"beside it, or install tensorflow") from error
 
-        return keras.models.load_model(path, compile=False)
+        from coco_seg.model import float32_inference_model
+
+        return float32_inference_model(keras.models.load_model(path, compile=False))
     except ModelLoadError:
         raise
     except Exception as error:

@@ -122,7 +122,9 @@ def build_unet(*, image_size: int, num_classes: int, encoder_weights: "str | os.
     for index, (filters, skip) in enumerate(zip(UP_FILTERS, reversed(skips)), start=1):
         x = _up_block(x, filters, index)
         x = keras.layers.Concatenate(name=f"up{index}_concat")([x, skip])
-    logits = keras.layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same", name=OUTPUT_NAME)(x)
+    # float32 whatever the global policy: under mixed_float16 the logits (and so the loss) keep float32's range
+    logits = keras.layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same", name=OUTPUT_NAME,
+                                          dtype="float32")(x)
     return keras.Model(inputs=inputs, outputs=logits, name=MODEL_NAME)
 
 
@@ -133,4 +135,18 @@ def load_keras_checkpoint(path: Path) -> keras.Model:
         raise ValueError(f"checkpoint {path} must be a .keras or .h5 Keras model file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return keras.models.load_model(path, compile=False)
+    return float32_inference_model(keras.models.load_model(path, compile=False))
+
+
+def float32_inference_model(model: keras.Model) -> keras.Model:
+    """``model`` itself when every layer computes in float32; else (a ``--mixed-precision`` checkpoint) the same
+    architecture rebuilt with float32 layers and given its weights, which are float32 under mixed precision too.
+    Inference, evaluation and the ONNX export then run in float32: onnxruntime's CPU kernels and the Tensorleap
+    platform expect float32, and float16 activations would only add rounding."""
+    text = model.to_json()
+    if '"mixed_float16"' not in text and '"mixed_bfloat16"' not in text:
+        return model
+    text = text.replace('"mixed_float16"', '"float32"').replace('"mixed_bfloat16"', '"float32"')
+    rebuilt = keras.models.model_from_json(text)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

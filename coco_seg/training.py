@@ -40,7 +40,7 @@ from coco_seg import class_balance
 from coco_seg.atomic import write_atomically, write_json_atomically as _write_json_atomically
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
-from coco_seg.distribute import DistributeConfig, check_global_batch, make_distribution
+from coco_seg.distribute import DistributeConfig, Distribution, check_global_batch, make_distribution
 from coco_seg.encoders import encode_image, encode_label_mask
 from coco_seg.evaluate import evaluate_split
 from coco_seg.index_cache import content_digest
@@ -75,6 +75,9 @@ class TrainOptions:
     # this fraction of the training images appear more than once per epoch; 0 turns it off
     repeat_threshold: float = 0.0
     seed: int = 0
+    # Keras' mixed_float16 policy: layers compute in float16, variables stay float32, the logits and the loss are
+    # float32 (model.build_unet), the optimizer is wrapped in a LossScaleOptimizer (dynamic loss scaling)
+    mixed_precision: bool = False
 
 
 @dataclass
@@ -318,10 +321,12 @@ def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: compiled(tf.constant(images)).numpy()
 
 
-def _end_epoch(model: keras.Model, *, epoch: int, train_loss: float, seconds: float, epochs: int, out_dir: Path,
-               state: TrainState, validation: SplitData, log: Callable[[str], None]) -> None:
-    """The chief's work after an epoch: validate, checkpoint (through the journal) and report."""
-    evaluation = evaluate_split(keras_predict(model), validation)
+def _end_epoch(model: keras.Model, *, predict: Callable[[np.ndarray], np.ndarray], epoch: int, train_loss: float,
+               seconds: float, epochs: int, out_dir: Path, state: TrainState, validation: SplitData,
+               log: Callable[[str], None]) -> None:
+    """The chief's work after an epoch: validate (``predict``: ``keras_predict(model)``, made once per run so that
+    it is traced once, not once per epoch), checkpoint (through the journal) and report."""
+    evaluation = evaluate_split(predict, validation)
     record = {"epoch": epoch + 1, "train_loss": train_loss, "validation_mean_iou": evaluation.mean_iou,
               "validation_iou": evaluation.iou, "seconds": round(seconds, 1)}
     names = [LAST_NAME]
@@ -360,6 +365,7 @@ def make_train_step(model: keras.Model, loss: SegmentationLoss,
             samples = tf.cast(tf.shape(per_sample)[0], tf.float32)
             global_samples = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, samples)
             objective = tf.reduce_sum(per_sample) / global_samples
+            objective = model.optimizer.scale_loss(objective)  # × the dynamic loss scale under mixed precision
         gradients = tape.gradient(objective, model.trainable_variables)
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return tf.reduce_sum(per_sample), samples
@@ -418,6 +424,17 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
     run in ``out_dir`` after its last finished epoch. Only the chief writes ``out_dir``; every worker is given the
     same ``out_dir`` (shared storage), which the others read on ``resume``."""
     distribution = make_distribution(distribute)  # first: it must precede TensorFlow's runtime initialisation
+    policy = keras.mixed_precision.global_policy()
+    if options.mixed_precision:  # the policy applies to the layers built from here on; restored at the end
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(config, out_dir, options, resume=resume, distribution=distribution, log=log)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool, distribution: Distribution,
+           log: Callable[[str], None]) -> TrainState:
     replica_batch = check_global_batch(options.batch_size, distribution.replicas)
     keras.utils.set_random_seed(options.seed)
     if distribution.is_chief:
@@ -490,7 +507,8 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
         f"{replica_batch}, task {distribution.task}{', chief' if distribution.is_chief else ''}): "
         f"{state.split_sizes['training']} training / {state.split_sizes['validation']} validation samples, "
         f"{config.label_mode} {list(config.class_names)}, {config.image_size} px, encoder "
-        f"{'fine-tuned' if options.fine_tune else 'frozen'}")
+        f"{'fine-tuned' if options.fine_tune else 'frozen'}"
+        f"{', mixed_float16' if model.dtype_policy.name == 'mixed_float16' else ''}")
     if state.epochs_done >= options.epochs:
         log(f"already trained for {state.epochs_done} epochs")
         return state
@@ -506,13 +524,14 @@ def train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool 
             model.optimizer.build(model.trainable_variables)
         iterator = iter(distribution.strategy.distribute_datasets_from_function(dataset_for))
         step = make_train_step(model, model.loss, distribution.strategy)
+        predict = keras_predict(model)
         for epoch in range(state.epochs_done, options.epochs):
             started, total, samples = time.monotonic(), 0.0, 0.0
             for _ in range(steps_per_epoch):
                 step_total, step_samples = step(iterator)
                 total, samples = total + float(step_total), samples + float(step_samples)
             if distribution.is_chief:
-                _end_epoch(model, epoch=epoch, train_loss=total / samples, seconds=time.monotonic() - started,
+                _end_epoch(model, predict=predict, epoch=epoch, train_loss=total / samples, seconds=time.monotonic() - started,
                            epochs=options.epochs, out_dir=out_dir, state=state, validation=validation, log=log)
             else:
                 _save_as_non_chief(model)

@@ -226,7 +226,22 @@ def test_every_runtime_import_is_covered_by_requirements():
 
 
 def test_no_package_index_is_committed():
-    for name in ("pyproject.toml", "requirements.txt", "requirements-dev.txt", "poetry.lock"):
+    for name in ("pyproject.toml", "requirements.txt", "requirements-dev.txt", "requirements-gpu.txt", "poetry.lock"):
         text = (REPO_ROOT / name).read_text()
         assert "[[tool.poetry.source]]" not in text and "index-url" not in text and "find-links" not in text
         assert "[package.source]" not in text, f"{name} records a package source"
+
+
+def test_the_gpu_requirements_are_the_dev_pins_with_tensorflow_for_cuda():
+    """requirements-gpu.txt swaps tensorflow-cpu for tensorflow[and-cuda] at the same version; nothing else
+    differs, so a GPU machine trains with exactly the packages CI tests."""
+    gpu: dict[str, str] = {}
+    for line in (REPO_ROOT / "requirements-gpu.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            key = normalise(requirement.name) + "".join(f"[{e}]" for e in sorted(requirement.extras))
+            gpu[key] = exact_pin("requirements-gpu.txt", key, requirement.specifier)
+    dev = requirement_pins(DEV_REQUIREMENTS)
+    assert gpu.pop("tensorflow[and-cuda]") == dev.pop("tensorflow-cpu")
+    assert gpu == dev
