@@ -144,8 +144,6 @@ def load_model(path: Path) -> "onnxruntime.InferenceSession | keras.Model":
                                  f"point config key 'model.path' at the {ONNX_SUFFIX} that `coco-seg export` wrote "
                                  f"beside it, or install tensorflow") from error
 
-        from coco_seg.model import float32_inference_model
-
         return float32_inference_model(keras.models.load_model(path, compile=False))
     except ModelLoadError:
         raise
@@ -329,3 +327,19 @@ def predict_logits(model: Any, images: np.ndarray) -> np.ndarray:
     """Run an onnxruntime session or a Keras model on (N, S, S, 3) float32 images → (N, S, S, K) float32 logits
     (the first output)."""
     return predict_outputs(model, images)[0]
+
+
+def float32_inference_model(model: "keras.Model") -> "keras.Model":
+    """``model`` itself when every layer computes in float32; else (a ``--mixed-precision`` checkpoint) the same
+    architecture rebuilt with float32 layers and given its weights, which are float32 under mixed precision too.
+    Inference, evaluation and the ONNX export then run in float32: onnxruntime's CPU kernels and the Tensorleap
+    platform expect float32, and float16 activations would only add rounding."""
+    text = model.to_json()
+    if '"mixed_float16"' not in text and '"mixed_bfloat16"' not in text:
+        return model
+    text = text.replace('"mixed_float16"', '"float32"').replace('"mixed_bfloat16"', '"float32"')
+    import keras
+
+    rebuilt = keras.models.model_from_json(text)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 
 from coco_seg.config import IMAGE_SIZE_MULTIPLE, KERAS_SUFFIXES, is_valid_image_size
-from coco_seg.export import CLASSIFIER_LAYER, INPUT_NAME
+from coco_seg.export import CLASSIFIER_LAYER, INPUT_NAME, float32_inference_model
 
 SKIP_LAYER_NAMES = (
     "block_1_expand_relu",   # S/2
@@ -137,16 +137,3 @@ def load_keras_checkpoint(path: Path) -> keras.Model:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return float32_inference_model(keras.models.load_model(path, compile=False))
 
-
-def float32_inference_model(model: keras.Model) -> keras.Model:
-    """``model`` itself when every layer computes in float32; else (a ``--mixed-precision`` checkpoint) the same
-    architecture rebuilt with float32 layers and given its weights, which are float32 under mixed precision too.
-    Inference, evaluation and the ONNX export then run in float32: onnxruntime's CPU kernels and the Tensorleap
-    platform expect float32, and float16 activations would only add rounding."""
-    text = model.to_json()
-    if '"mixed_float16"' not in text and '"mixed_bfloat16"' not in text:
-        return model
-    text = text.replace('"mixed_float16"', '"float32"').replace('"mixed_bfloat16"', '"float32"')
-    rebuilt = keras.models.model_from_json(text)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
