@@ -3,15 +3,17 @@ could give (issue 13).
 
 Measures, in one run on the same data and model (128 px, alpha 1.0, encoder frozen, augmentation on, batch 16):
 
-* ``training loop`` — ``coco-seg train``'s pipeline and step: binder decode + augmentation in tf.data, the frozen
-  encoder's forward, the decoder's forward and backward, Adam;
+* ``training loop`` — ``coco-seg train``'s pipeline and step: the stored samples (coco_seg.sample_store, built
+  before timing) read, augmented and one-hot encoded in tf.data, the frozen encoder's forward, the decoder's
+  forward and backward, Adam (``training.make_train_step``);
 * ``decoder only`` — the ceiling of any encoder-feature cache (per image and augmentation variant, or in feature
-  space): the same decoder trained on encoder features computed beforehand, a step that runs neither the data
-  pipeline nor the encoder.
+  space): the same decoder trained by the same step on encoder features computed beforehand, a step that runs
+  neither the data pipeline nor the encoder.
 
-A cache of decoded samples (tried: each sample decoded once per run) measured 1.00× the training loop here: tf.data
-already decodes in parallel with the step, so it was removed again. Each variant trains a fresh model for one
-warm-up epoch, then ``--epochs`` timed epochs; samples/s counts training samples over the timed epochs' wall time.
+A cache of decoded samples held in memory (tried for issue 13) measured 1.00× the training loop here: on 2 cores
+the step, not the decode, bounds the loop; benchmarks/input_pipeline.py measures the pipeline on its own. Each
+variant trains a fresh model for one warm-up epoch, then ``--epochs`` timed epochs; samples/s counts training
+samples over the timed epochs' wall time.
 Uses ``../shared/coco_sample`` train2017 when present, else a generated sample. Usage:
 
     python benchmarks/training_speed.py [--encoder-weights imagenet|none|FILE] [--epochs 2] [--limit N]
@@ -88,14 +90,23 @@ def decoder_only(model):
     return decoder
 
 
-def timed_fit(model, dataset, *, steps: int, epochs: int) -> float:
-    """Samples/s over ``epochs`` timed epochs after one warm-up epoch (tracing, first decodes)."""
-    import keras
+def timed_steps(model, dataset, *, steps: int, epochs: int) -> float:
+    """Samples/s of ``coco-seg train``'s step (training.make_train_step, default strategy) over ``epochs`` timed
+    epochs of ``steps`` steps after one warm-up epoch (tracing, first decodes)."""
+    import tensorflow as tf
 
-    ends: list[float] = []
-    clock = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.monotonic()))
-    model.fit(dataset, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[clock])
-    return steps * BATCH_SIZE * epochs / (ends[-1] - ends[0])
+    from coco_seg.training import make_train_step
+
+    strategy = tf.distribute.get_strategy()
+    model.optimizer.build(model.trainable_variables)
+    step = make_train_step(model, model.loss, strategy)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    for _ in range(steps):
+        float(step(iterator)[0])
+    started = time.monotonic()
+    for _ in range(steps * epochs):
+        float(step(iterator)[0])  # float(): wait for the step, as train() does to sum the loss
+    return steps * BATCH_SIZE * epochs / (time.monotonic() - started)
 
 
 def main() -> None:
@@ -107,7 +118,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from coco_seg.samples import CACHE
+    from coco_seg.sample_store import open_sample_store
     from coco_seg.training import make_dataset
 
     with tempfile.TemporaryDirectory() as folder:
@@ -116,16 +127,17 @@ def main() -> None:
         steps = count // BATCH_SIZE  # whole batches only, so every step has the same shape
         epochs = (0, args.epochs + 2)
 
+        store = open_sample_store(split, root=Path(folder) / "store")
+
         def dataset():
-            CACHE.clear()
-            return make_dataset(split, batch_size=BATCH_SIZE, shuffle=True, augment=True, seed=0,
+            return make_dataset(store, batch_size=BATCH_SIZE, shuffle=True, augment=True, seed=0,
                                 epochs=epochs).unbatch().batch(BATCH_SIZE, drop_remainder=True)
 
         first_epoch = [(i.numpy(), m.numpy()) for i, m in dataset().take(steps)]
 
         rates = {}
         num_classes = split.config.num_classes
-        rates["training loop"] = timed_fit(fresh_model(args.encoder_weights, num_classes), dataset(),
+        rates["training loop"] = timed_steps(fresh_model(args.encoder_weights, num_classes), dataset(),
                                            steps=steps, epochs=args.epochs)
         model = fresh_model(args.encoder_weights, num_classes)
         encoder = model.get_layer("encoder")
@@ -133,7 +145,7 @@ def main() -> None:
             [f.numpy() for f in encoder(images, training=False)] for images, _ in first_epoch))]
         masks = np.concatenate([m for _, m in first_epoch])
         cached = tf.data.Dataset.from_tensor_slices((tuple(features), masks)).batch(BATCH_SIZE).repeat()
-        rates["decoder only"] = timed_fit(decoder_only(model), cached, steps=steps, epochs=args.epochs)
+        rates["decoder only"] = timed_steps(decoder_only(model), cached, steps=steps, epochs=args.epochs)
         feature_mib = sum(f[0].nbytes for f in features) / 2 ** 20
 
     before = rates["training loop"]

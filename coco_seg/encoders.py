@@ -9,10 +9,13 @@ from coco_seg.masks import one_hot
 from coco_seg.samples import CACHE, SampleError
 
 
+NORMALIZE_SCALE = np.float32(1 / 127.5)  # training's input pipeline does the same float32 arithmetic in TensorFlow
+
+
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """(S, S, 3) uint8 RGB → float32 in [-1, 1], as MobileNetV2 expects (``pixel / 127.5 - 1``)."""
     normalized = image.astype(np.float32)  # one array, scaled and shifted in place (same float32 arithmetic)
-    normalized *= np.float32(1 / 127.5)
+    normalized *= NORMALIZE_SCALE
     normalized -= np.float32(1.0)
     return normalized
 

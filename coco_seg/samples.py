@@ -105,7 +105,7 @@ def _placeholder(record: SampleRecord, split: SplitData, *, reason: str) -> Deco
                          metadata=metadata, failure=reason)
 
 
-def _decode_or_placeholder(record: SampleRecord, split: SplitData) -> DecodedSample:
+def decode_sample(record: SampleRecord, split: SplitData) -> DecodedSample:
     """``_decode``, or — when it fails — the placeholder, after logging and reporting the failure once."""
     known = split.failed_at_decode.get(record.sample_id)
     if known is not None:  # failed before in this process: neither read the file nor warn again
@@ -141,7 +141,7 @@ class SampleCache:
             record = split.records[sample_id]
         except KeyError:
             raise SampleError(f"sample id {sample_id!r} is not in split {split.name}") from None
-        decoded = _decode_or_placeholder(record, split)
+        decoded = decode_sample(record, split)
         with self._lock:
             self.decodes += 1
             self._entries[key] = decoded

@@ -1,8 +1,10 @@
 """Train the MobileNetV2 + pix2pix U-Net on the configured COCO splits.
 
-Algorithm: a tf.data pipeline draws sample indices (shuffled with a seed), loads each sample through the binder's
-own encoders (``encode_image`` / ``encode_label_mask`` — same decode, resize, normalisation and mask as the
-engine sees, so the trained model and the binder cannot disagree), optionally augments image and mask together
+Algorithm: the training split's samples are first decoded by the binder's own path and stored losslessly
+(coco_seg.sample_store: once per sample, again only when its file changes; in parallel processes). A tf.data
+pipeline draws sample indices (shuffled with a seed), reads each stored PNG and normalises it in native TensorFlow
+ops, which run on every core (the image and mask are bit for bit what the binder's ``encode_image`` /
+``encode_label_mask`` serve, so the trained model and the binder cannot disagree), optionally augments image and mask together
 (horizontal flip; scale by 1–1.5 then crop back to S×S) with stateless random ops seeded per sample, one-hot
 encodes the mask and batches. The loss is pixel cross-entropy on logits, optionally class-weighted, plus an
 optional soft-dice term; Adam. The encoder is frozen unless ``fine_tune``. The loop is ``make_train_step`` under a
@@ -41,10 +43,11 @@ from coco_seg.atomic import write_atomically, write_json_atomically as _write_js
 from coco_seg.coco_data import SplitData, load_labeled_split, resolve_data_root
 from coco_seg.config import Config
 from coco_seg.distribute import DistributeConfig, Distribution, check_global_batch, make_distribution
-from coco_seg.encoders import encode_image, encode_label_mask
+from coco_seg.encoders import NORMALIZE_SCALE
 from coco_seg.evaluate import evaluate_split
 from coco_seg.index_cache import content_digest
 from coco_seg.model import build_unet
+from coco_seg.sample_store import SampleStore, open_sample_store
 
 STATE_NAME = "train_state.json"
 LAST_NAME = "last.keras"
@@ -244,10 +247,11 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int) -> t
     return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
 
 
-def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
+def make_dataset(store: SampleStore, *, batch_size: int, shuffle: bool, augment: bool, seed: int,
                  epochs: tuple[int, int] = (0, 1), repeats: Optional[np.ndarray] = None,
                  replica_batch: Optional[int] = None, pipeline: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
-    """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) from the binder encoders.
+    """Batches of (image (B, S, S, 3) float32 in [-1, 1], mask (B, S, S, K+1) one-hot) of ``store.split``, read
+    from the store (coco_seg.sample_store): without augmentation exactly the binder encoders' values.
 
     Covers epochs ``epochs[0]`` to ``epochs[1] - 1`` back to back; each epoch's order and augmentation depend only
     on (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen. ``repeats``
@@ -261,6 +265,7 @@ def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: b
     first positions (as torch's DistributedSampler does): every replica gets a full batch at every step, and no
     replica runs out of data while another waits for it in an all-reduce.
     """
+    split = store.split
     sample_ids = split.sample_ids
     if repeats is None:
         repeats = np.ones(len(sample_ids), np.int64)
@@ -279,13 +284,13 @@ def make_dataset(split: SplitData, *, batch_size: int, shuffle: bool, augment: b
     distributed = replica_batch != batch_size or pipelines > 1
     padded = -(-count // batch_size) * batch_size if distributed else count
 
-    def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        sample_id = sample_ids[int(occurrence[int(index)])]
-        return encode_image(split, sample_id), encode_label_mask(split, sample_id)
+    paths = tf.constant(np.asarray(store.paths, dtype=object)[occurrence], tf.string)  # the PNG of each position
 
     def load_sample(epoch, index):
-        image, mask = tf.numpy_function(load, [index], [tf.float32, tf.uint8], stateful=False)
-        image, mask = tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size])
+        rgba = tf.ensure_shape(tf.io.decode_png(tf.io.read_file(paths[index]), channels=4), [size, size, 4])
+        # the float32 arithmetic of coco_seg.encoders.normalize_image: pixel * (1 / 127.5), then - 1
+        image = tf.cast(rgba[..., :3], tf.float32) * NORMALIZE_SCALE - 1.0
+        mask = rgba[..., 3]
         if augment:
             image, mask = _augment(image, mask, tf.stack([tf.constant(seed, tf.int64), epoch * count + index]), size)
         return image, tf.one_hot(tf.cast(mask, tf.int32), num_classes)
@@ -513,8 +518,13 @@ def _train(config: Config, out_dir: Path, options: TrainOptions, *, resume: bool
         log(f"already trained for {state.epochs_done} epochs")
         return state
 
+    store = open_sample_store(training)
+    log(f"training samples stored in {store.folder}: {store.encoded} decoded now, {store.reused} reused, "
+        f"{store.bytes / 1e6:.1f} MB" + (f"; {len(store.failures)} undecodable, trained on as ignored placeholders"
+                                          if store.failures else ""))
+
     def dataset_for(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_dataset(training, batch_size=options.batch_size, shuffle=True, augment=options.augment,
+        return make_dataset(store, batch_size=options.batch_size, shuffle=True, augment=options.augment,
                             seed=options.seed, epochs=(state.epochs_done, options.epochs), repeats=repeats,
                             replica_batch=replica_batch,
                             pipeline=(context.input_pipeline_id, context.num_input_pipelines))

@@ -2,6 +2,7 @@
 
 import base64
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -114,3 +115,40 @@ def corrupt_jpeg_middle(path: Path) -> None:
     frame_end = frame + 2 + int.from_bytes(data[frame + 2:frame + 4], "big")
     path.write_bytes(data[:frame_end] + bytes(len(data) - frame_end - 2) + data[-2:])
     assert cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None, "fixture must not decode"
+
+
+# --- images of every pixel layout, in a dataset ---------------------------------------------------------------
+
+PATTERN_SIZE = (32, 24)  # (width, height) of CMYK_JPEG and of every variant written from PATTERN
+PATTERN = np.zeros((24, 32, 3), np.uint8)
+PATTERN[:, :16] = (200, 40, 40)
+PATTERN[:, 16:] = (40, 60, 200)
+PATTERN_BGR = PATTERN[..., ::-1].copy()
+
+LAYOUT_VARIANTS = {
+    "16-bit PNG": (".png", lambda path: cv2.imwrite(str(path), PATTERN_BGR.astype(np.uint16) * 257)),
+    "RGBA PNG": (".png", lambda path: cv2.imwrite(str(path), np.dstack([PATTERN_BGR, np.full((24, 32), 90, np.uint8)]))),
+    "CMYK JPEG": (".jpg", lambda path: path.write_bytes(CMYK_JPEG)),
+    "grayscale JPEG": (".jpg", lambda path: cv2.imwrite(str(path), cv2.cvtColor(PATTERN_BGR, cv2.COLOR_BGR2GRAY))),
+}
+
+
+def write_layout_variants(root: Path, images: list[dict]) -> dict[int, str]:
+    """Replace the training images ``images`` (entries of root's instances_train2017.json) by one file of each
+    LAYOUT_VARIANTS layout (32x24, one person polygon each); the new file name of each image id."""
+    file_names = {}
+    for image, (suffix, write) in zip(images, LAYOUT_VARIANTS.values()):
+        (root / "train2017" / image["file_name"]).unlink()
+        file_names[image["id"]] = Path(image["file_name"]).with_suffix(suffix).name
+        write(root / "train2017" / file_names[image["id"]])
+    path = root / "annotations" / "instances_train2017.json"
+    dataset = json.loads(path.read_text())
+    for entry in dataset["images"]:
+        if entry["id"] in file_names:
+            entry.update(file_name=file_names[entry["id"]], width=PATTERN_SIZE[0], height=PATTERN_SIZE[1])
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] not in file_names]
+    dataset["annotations"] += [{"id": 900_000 + n, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                "area": 96.0, "bbox": [4, 4, 8, 12], "segmentation": [[4, 4, 12, 4, 12, 16, 4, 16]]}
+                               for n, image_id in enumerate(file_names)]
+    path.write_text(json.dumps(dataset))
+    return file_names

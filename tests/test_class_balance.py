@@ -149,27 +149,28 @@ def test_class_presence_agrees_with_the_pixel_statistics(tmp_path, dataset):
 
 
 def test_repeated_samples_appear_that_often_with_their_own_augmentation(tmp_path, generated_root):
+    from coco_seg.sample_store import open_sample_store
     from coco_seg.training import make_dataset
 
     config = load_config(write_config(tmp_path, data_tree(generated_root) | {"image_size": 64,
                                                                             "sample_limit_per_split": 5}))
-    split = load_labeled_split(config, "training", data_root=config.data_root)
+    store = open_sample_store(load_labeled_split(config, "training", data_root=config.data_root))
     repeats = np.array([3, 1, 1, 1, 2])
-    plain = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0,
+    plain = [i.numpy() for i, _ in make_dataset(store, batch_size=1, shuffle=False, augment=False, seed=0,
                                                    repeats=repeats)]
     assert len(plain) == 8
     for position, sample in enumerate([0, 0, 0, 1, 2, 3, 4, 4]):
-        first = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0)]
+        first = [i.numpy() for i, _ in make_dataset(store, batch_size=1, shuffle=False, augment=False, seed=0)]
         np.testing.assert_array_equal(plain[position], first[sample])
-    augmented = [i.numpy() for i, _ in make_dataset(split, batch_size=1, shuffle=False, augment=True, seed=0,
+    augmented = [i.numpy() for i, _ in make_dataset(store, batch_size=1, shuffle=False, augment=True, seed=0,
                                                        repeats=repeats)]
     assert not np.array_equal(augmented[0], augmented[1]) or not np.array_equal(augmented[1], augmented[2])
-    shuffled = [i.numpy() for i, _ in make_dataset(split, batch_size=8, shuffle=True, augment=False, seed=0,
+    shuffled = [i.numpy() for i, _ in make_dataset(store, batch_size=8, shuffle=True, augment=False, seed=0,
                                                       repeats=repeats)][0]
     assert shuffled.shape[0] == 8  # one epoch: every occurrence once, in a seed-drawn order
     assert sorted(map(lambda image: image.tobytes(), shuffled)) == sorted(map(lambda image: image.tobytes(), plain))
     with pytest.raises(ValueError, match="repeats needs one count >= 1 per sample"):
-        make_dataset(split, batch_size=1, shuffle=False, augment=False, seed=0, repeats=np.array([1, 0, 1, 1, 1]))
+        make_dataset(store, batch_size=1, shuffle=False, augment=False, seed=0, repeats=np.array([1, 0, 1, 1, 1]))
 
 
 def test_training_with_repeat_factor_sampling_records_it_and_resumes(tmp_path, generated_root):

@@ -99,13 +99,15 @@ def test_the_replicas_of_one_step_together_see_the_global_batch_of_one_device(sp
     """A global batch over 1 or 2 pipelines (workers) of replicas of batch ``replica_batch``: step k's replica
     batches, in order, concatenate to one device's batch k; the last, partial batch is padded with the epoch's first
     samples (as many as it lacks), each with the same augmentation as its first appearance."""
+    from coco_seg.sample_store import open_sample_store
     from coco_seg.training import make_dataset
 
     count, batch = len(split.sample_ids), 5 * pipelines * replica_batch
     assert count % batch, "the split must leave a partial last batch, to test the padding"
     options = dict(batch_size=batch, shuffle=True, augment=True, seed=5, epochs=(1, 3))
-    single = _batches(make_dataset(split, **options))
-    pipelines_batches = [_batches(make_dataset(split, **options, replica_batch=replica_batch, pipeline=(i, pipelines)))
+    store = open_sample_store(split)
+    single = _batches(make_dataset(store, **options))
+    pipelines_batches = [_batches(make_dataset(store, **options, replica_batch=replica_batch, pipeline=(i, pipelines)))
                          for i in range(pipelines)]
     per_step = batch // pipelines // replica_batch  # replica batches each pipeline yields per step
     steps = -(-count // batch)
@@ -127,10 +129,11 @@ def test_the_replicas_of_one_step_together_see_the_global_batch_of_one_device(sp
 
 
 def test_a_global_batch_that_does_not_split_into_the_pipelines_is_refused(split):
+    from coco_seg.sample_store import open_sample_store
     from coco_seg.training import make_dataset
 
     with pytest.raises(ValueError, match="a global batch of 6 does not split into 4 pipelines"):
-        make_dataset(split, batch_size=6, shuffle=False, augment=False, seed=0, replica_batch=1, pipeline=(0, 4))
+        make_dataset(open_sample_store(split), batch_size=6, shuffle=False, augment=False, seed=0, replica_batch=1, pipeline=(0, 4))
 
 
 # ---- end to end -----------------------------------------------------------------------------------------------

@@ -34,15 +34,10 @@ from coco_seg.encoders import encode_image, encode_label_mask, encode_mask, samp
 from coco_seg.images import HEAD_BYTES, inspect_image_file
 from coco_seg.metadata import metadata_names
 from coco_seg.samples import CACHE, IGNORED_LABEL, SampleError
-from _support import CMYK_JPEG, REPO_ROOT, corrupt_jpeg_middle, data_tree, write_config
+from _support import (CMYK_JPEG, LAYOUT_VARIANTS, PATTERN_BGR as BGR, PATTERN_SIZE, REPO_ROOT, corrupt_jpeg_middle,
+                      data_tree, write_config, write_layout_variants)
 
 IMAGE_SIZE = 64
-
-PATTERN_SIZE = (32, 24)  # (width, height) of CMYK_JPEG and of every variant written from PATTERN
-PATTERN = np.zeros((24, 32, 3), np.uint8)
-PATTERN[:, :16] = (200, 40, 40)
-PATTERN[:, 16:] = (40, 60, 200)
-
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 
@@ -189,13 +184,14 @@ def test_size_mismatch_in_a_format_preprocess_cannot_measure_is_caught_at_decode
 
 
 def test_training_batches_and_loss_take_the_placeholder_without_error(tmp_path, editable):
+    from coco_seg.sample_store import open_sample_store
     from coco_seg.training import SegmentationLoss, make_dataset
 
     image = class_images(editable)[0]
     corrupt_jpeg_middle(editable / "train2017" / image["file_name"])
     config, split = load(tmp_path, data_tree(editable) | {"sample_limit_per_split": 4})
     assert split.sample_ids[0] == str(image["id"])
-    images, masks = next(iter(make_dataset(split, batch_size=4, shuffle=False, augment=True, seed=0)))
+    images, masks = next(iter(make_dataset(open_sample_store(split), batch_size=4, shuffle=False, augment=True, seed=0)))
     masks = masks.numpy()
     assert not masks[0].any()  # IGNORED_LABEL one-hot encodes to nothing, augmented or not
     np.testing.assert_array_equal(masks[1:].sum(-1), 1.0)
@@ -234,7 +230,6 @@ def _encoded(suffix: str, pixels: np.ndarray, *params: int) -> bytes:
     return data.tobytes()
 
 
-BGR = PATTERN[..., ::-1].copy()
 HEADER_CASES = {
     "baseline.jpg": _encoded(".jpg", BGR),
     "progressive.jpg": _encoded(".jpg", BGR, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
@@ -289,38 +284,15 @@ def test_image_size_differing_from_annotation_is_listed_when_skipped(tmp_path, e
 
 # --- images of every pixel layout reach the encoders as RGB -------------------------------------------------------
 
-VARIANTS = {
-    "16-bit PNG": (".png", lambda path: cv2.imwrite(str(path), BGR.astype(np.uint16) * 257)),
-    "RGBA PNG": (".png", lambda path: cv2.imwrite(str(path), np.dstack([BGR, np.full((24, 32), 90, np.uint8)]))),
-    "CMYK JPEG": (".jpg", lambda path: path.write_bytes(CMYK_JPEG)),
-    "grayscale JPEG": (".jpg", lambda path: cv2.imwrite(str(path), cv2.cvtColor(BGR, cv2.COLOR_BGR2GRAY))),
-}
-
-
 def test_16bit_rgba_cmyk_and_grayscale_images_go_end_to_end(tmp_path, editable):
     """Four dataset images replaced by these layouts (32x24, one person polygon each): preprocess accepts them
     (their headers give the annotated size) and encode_image gives the colours of the pattern."""
-    images = class_images(editable)[:len(VARIANTS)]
-    file_names = {}
-    for image, (suffix, write) in zip(images, VARIANTS.values()):
-        (editable / "train2017" / image["file_name"]).unlink()
-        file_names[image["id"]] = Path(image["file_name"]).with_suffix(suffix).name
-        write(editable / "train2017" / file_names[image["id"]])
-
-    def rewrite(dataset: dict) -> None:
-        for entry in dataset["images"]:
-            if entry["id"] in file_names:
-                entry.update(file_name=file_names[entry["id"]], width=PATTERN_SIZE[0], height=PATTERN_SIZE[1])
-        dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] not in file_names]
-        dataset["annotations"] += [{"id": 900_000 + n, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                                    "area": 96.0, "bbox": [4, 4, 8, 12], "segmentation": [[4, 4, 12, 4, 12, 16, 4, 16]]}
-                                   for n, image_id in enumerate(file_names)]
-
-    edit_annotations(editable, rewrite)
+    images = class_images(editable)[:len(LAYOUT_VARIANTS)]
+    write_layout_variants(editable, images)
     config, split = load(tmp_path, data_tree(editable))
     left = np.array([200, 40, 40]) / 127.5 - 1
     right = np.array([40, 60, 200]) / 127.5 - 1
-    for image, name in zip(images, VARIANTS):
+    for image, name in zip(images, LAYOUT_VARIANTS):
         sample_id = str(image["id"])
         model_input = encode_image(split, sample_id)
         assert model_input.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and model_input.dtype == np.float32, name
