@@ -66,14 +66,15 @@ def test_label_issues_never_flag_ignored_pixels_and_score_the_labelled_ones(tmp_
     labels = rng.integers(0, 3, (12, 16, 16)).astype(np.uint8)
     probabilities = _confident(labels, 3, rng)
     labels[0, :, :8] = IGNORED_LABEL  # the model is confident in person (1) there
-    labels[1, :4, :4] = 2  # a swap: the model is confident these 16 pixels are something else
-    probabilities[1, :4, :4] = _confident(np.zeros((4, 4), np.uint8), 3, rng)
+    labels[1, :4, :4] = 2  # a swap: the model is surer these 16 pixels are background than of any labelled pixel
+    probabilities[1, :4, :4] = _confident(np.zeros((4, 4), np.uint8), 3, rng, agree=0.99)
     issues = run.find_label_issues([("training", _streamed(labels, probabilities), np.arange(12))],
                                    class_names=["background", "person", "car"], work=tmp_path)
     masks, scores = issues.issue_masks["training"], issues.image_scores["training"]
     assert not masks[0][:, :8].any() and scores[0] == pytest.approx(1.0 - masks[0].sum() / 128)
     inside, outside = masks[1][:4, :4].mean(), (masks[1].sum() - masks[1][:4, :4].sum()) / (256 - 16)
-    assert inside >= 0.25 and outside < 0.05 and scores[1] == pytest.approx(1.0 - masks[1].sum() / 256)
+    # every swapped pixel is confidently another class and has the lowest self-confidence: exactly those flagged
+    assert inside == 1.0 and outside == 0.0 and scores[1] == pytest.approx(1.0 - 16 / 256)
     assert scores[1] == scores.min()
     swaps = issues.class_swaps.set_index(["given_label", "predicted_label"])["pixels"].to_dict()
     assert max(swaps, key=swaps.get) == ("car", "background") and ("background", "person") not in swaps

@@ -12,13 +12,14 @@ Algorithm:
    thumbnail) go to a parquet part file, and the embeddings, colour-layout descriptors, encoder features and
    image statistics (coco_seg.analysis.appearance) to .npy parts, written atomically; probabilities (float16,
    N×K×S×S) and label maps (IGNORED_LABEL where the one-hot is all zero, counted in ``ignored_pixels``) go to
-   on-disk memmaps. A rerun skips finished batches, so an interrupted run loses nothing; a different model file,
+   on-disk row files (coco_seg.analysis.rows: positioned reads and writes, so they never count in the process's
+   memory). A rerun skips finished batches, so an interrupted run loses nothing; a different model file,
    config, annotation file, image file, sample list or batch size starts afresh (the manifest keys the model and the labels by their sha256, the
    images by their identities).
 2. From the gathered table of all splits (a ``split`` column, a unique ``key``): one latent map (UMAP, PCA
-   fallback), clusters and nearest neighbours over every split; label issues with cleanlab.segmentation over all
-   labeled splits at once (confident learning on the memmapped probabilities, chunked, so the N×K×S×S array is
-   never in memory; ignored pixels never flagged); metadata dashboards on the labeled samples; pruning on the
+   fallback), clusters and nearest neighbours over every split; label issues by cleanlab.segmentation's confident
+   learning over all labeled splits at once, streamed over the stored probabilities (coco_seg.analysis.label_issues:
+   nothing of N×S×S is ever in memory; ignored pixels never flagged); metadata dashboards on the labeled samples; pruning on the
    training split; labelling suggestions for the unlabeled one; insights (coco_seg.analysis.insights). A sample
    whose logits or embedding hold NaN/Inf (a broken model; counted per sample in ``non_finite_logits``) or whose
    image failed to decode keeps its table row but is left out of all of step 2, with a warning; when every
@@ -44,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from coco_seg import metrics
+from coco_seg.analysis.rows import RowFile
 from coco_seg.atomic import prepare_folder, replace_folder, write_atomically as _atomic_write, write_json_atomically
 from coco_seg.config import KERAS_SUFFIXES, ONNX_SUFFIX, Config
 from coco_seg.index_cache import content_digest, file_identity
@@ -57,7 +59,7 @@ WORK_DIR = "work"  # inside the output folder: the resumable parts; moved along 
 OUTPUT_FILES = ("samples.parquet", "samples.csv", "embeddings.npy", "summary.json", "dashboards.json",
                 "class_swaps.json", "pruning.json", "report.html", "labelling_suggestions.json", "insights.json")
 GALLERY_SIZE = 24  # label-issue images shown with their panels
-CLEANLAB_CHUNK = 256  # images per cleanlab call where cleanlab itself would hold per-pixel arrays for all images
+CLEANLAB_CHUNK = 256  # images read at a time by the label-issue passes (about 25 MB of float16 probabilities)
 CLASS_COLORS = np.array([[0, 0, 0], [220, 50, 50], [40, 110, 230], [60, 180, 75], [245, 130, 48], [145, 30, 180],
                          [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]], np.uint8)
 
@@ -173,9 +175,10 @@ PART_ARRAYS = ("npy", "appearance.npy", "encoder.npy", "statistics.npy")  # besi
 class StreamedSplit:
     samples: pd.DataFrame  # one row per sample, in sample order
     embeddings: np.ndarray  # (N, D) float32
-    probabilities: Optional[np.ndarray]  # memmap (N, K, S, S) float16; None for unlabeled
-    labels: Optional[np.ndarray]  # memmap (N, S, S) uint8 GT, IGNORED_LABEL where no class applies; None unlabeled
-    predicted: np.ndarray  # memmap (N, S, S) uint8 argmax
+    # on disk (RowFile, indexed by rows like an array; tests pass plain arrays):
+    probabilities: Optional[Any]  # (N, K, S, S) float16; None for unlabeled
+    labels: Optional[Any]  # (N, S, S) uint8 GT, IGNORED_LABEL where no class applies; None for unlabeled
+    predicted: Any  # (N, S, S) uint8 argmax
     appearance: np.ndarray  # (N, 105) float32 colour-layout descriptors (coco_seg.analysis.appearance)
     encoder_features: np.ndarray  # (N, C) float32 pooled mid-level encoder features
     statistics: np.ndarray  # (N, 10) float32 low-level image statistics (coco_seg.analysis.appearance)
@@ -221,37 +224,6 @@ def _manifest(split: str, sample_ids: Sequence[str], model_path: Path, config: C
             "embedding": layer}
 
 
-def _open_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """An .npy memmap of ``shape``, reused when the file already holds one, its blocks allocated on disk up front:
-    writing into a memmap whose sparse file finds the disk full kills the process with SIGBUS, while allocating
-    first turns a full disk into an OSError naming the file here (which the CLI reports in one line), and leaves
-    no half-allocated file behind."""
-    try:
-        if not (path.is_file() and _holds(path, dtype, shape)):
-            header_only = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-            del header_only  # the header is written, the rest is still a hole
-        if hasattr(os, "posix_fallocate"):  # not on macOS or Windows: there the file stays sparse
-            descriptor = os.open(path, os.O_RDWR)
-            try:
-                os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
-            finally:
-                os.close(descriptor)
-    except OSError as error:
-        path.unlink(missing_ok=True)
-        needed = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        raise OSError(error.errno, f"cannot allocate {needed} bytes for the analysis "
-                                   f"({error.strerror or os.strerror(error.errno or 0)})", str(path)) from None
-    return np.load(path, mmap_mode="r+")
-
-
-def _holds(path: Path, dtype, shape: tuple[int, ...]) -> bool:
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError):
-        return False
-    return array.shape == shape and array.dtype == dtype
-
-
 def stream_split(registry: Registry, response: Any, *, split: str, sample_ids: Sequence[str],
                  model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                  model_path: Path, config: Config, work: Path, batch_size: int, embedding: str,
@@ -277,10 +249,10 @@ def stream_split(registry: Registry, response: Any, *, split: str, sample_ids: S
     write_json(manifest_path, manifest)
 
     count, size, num_classes = len(sample_ids), config.image_size, config.num_classes
-    probabilities = _open_memmap(work / "probabilities.npy", np.float16, (count, num_classes, size, size)) \
+    probabilities = RowFile(work / "probabilities.npy", np.float16, (count, num_classes, size, size)) \
         if labeled else None
-    labels = _open_memmap(work / "labels.npy", np.uint8, (count, size, size)) if labeled else None
-    predicted = _open_memmap(work / "predicted.npy", np.uint8, (count, size, size))
+    labels = RowFile(work / "labels.npy", np.uint8, (count, size, size)) if labeled else None
+    predicted = RowFile(work / "predicted.npy", np.uint8, (count, size, size))
     names = list(metadata_names(config))
     metadata_functions = {name: registry.metadata_function(name) for name in names}  # paired by name
     image_encoder, mask_encoder = registry.input(INPUT_NAME), registry.ground_truth(GROUND_TRUTH_NAME)
@@ -339,7 +311,7 @@ def stream_split(registry: Registry, response: Any, *, split: str, sample_ids: S
         for array in (probabilities, labels, predicted):
             if array is not None:
                 array.flush()
-        # The memmaps are flushed before the part files exist: a part on disk means its rows are complete.
+        # The row files are flushed before the part files exist: a part on disk means its rows are complete.
         views = (embeddings, appearance_descriptors(photos), encoder_features, image_statistics(photos))
         for kind, values in zip(PART_ARRAYS, views):
             _atomic_write(part.with_suffix(f".{kind}"), lambda temp, v=values: np.save(temp, v.astype(np.float32)))
@@ -358,96 +330,54 @@ def stream_split(registry: Registry, response: Any, *, split: str, sample_ids: S
 class LabelIssues:
     image_scores: dict[str, np.ndarray]  # split → (N,) label quality 0..1, lower = more likely mislabelled; NaN
     #                                      for rows left out (non-finite output, a decode placeholder)
-    issue_masks: dict[str, np.ndarray]  # split → (N, S, S) bool pixel issues (memmap)
+    issue_masks: dict[str, "RowFile"]  # split → (N, S, S) bool pixel issues, on disk
     class_swaps: pd.DataFrame  # given_label, predicted_label, pixels, share
-
-
-def _label_issue_inputs(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], work: Path
-                        ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The labels and probabilities cleanlab scores: the one split's own memmaps when it is the only source, every
-    row is kept and no pixel is ignored (no copy); else the kept rows of every source copied, a chunk at a time,
-    into compacted memmaps under ``work``, with each ignored pixel given the predicted class (a label that agrees
-    with the prediction raises no issue; the flags there are cleared afterwards anyway). Returns (labels,
-    probabilities, whether a pixel is ignored anywhere)."""
-    from coco_seg.samples import IGNORED_LABEL
-
-    # counted per sample while streaming: no second pass over the label memmaps
-    ignored_anywhere = any(int(streamed.samples["ignored_pixels"].to_numpy()[rows].sum()) > 0
-                           for _, streamed, rows in sources)
-    if len(sources) == 1 and len(sources[0][2]) == len(sources[0][1].labels) and not ignored_anywhere:
-        return sources[0][1].labels, sources[0][1].probabilities, False
-    work.mkdir(parents=True, exist_ok=True)
-    total = sum(len(rows) for _, _, rows in sources)
-    first = sources[0][1]
-    labels = _open_memmap(work / "labels.npy", np.uint8, (total,) + first.labels.shape[1:])
-    probabilities = _open_memmap(work / "probabilities.npy", np.float16, (total,) + first.probabilities.shape[1:])
-    offset = 0
-    for _, streamed, rows in sources:
-        for start in range(0, len(rows), CLEANLAB_CHUNK):
-            chunk = rows[start:start + CLEANLAB_CHUNK]
-            given = streamed.labels[chunk]
-            labels[offset:offset + len(chunk)] = np.where(given == IGNORED_LABEL, streamed.predicted[chunk], given)
-            probabilities[offset:offset + len(chunk)] = streamed.probabilities[chunk]
-            offset += len(chunk)
-    labels.flush()
-    probabilities.flush()
-    return labels, probabilities, ignored_anywhere
 
 
 def find_label_issues(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], *, class_names: Sequence[str],
                       work: Path) -> LabelIssues:
-    """cleanlab.segmentation over the kept rows of every labeled split at once: ``sources`` holds (split name,
-    streamed split, (M,) int rows kept: finite model output, a real image).
+    """Confident learning (coco_seg.analysis.label_issues: cleanlab.segmentation's method, streamed) over the kept
+    rows of every labeled split at once: ``sources`` holds (split name, streamed split, (M,) int rows kept: finite
+    model output, a real image).
 
-    Confident learning estimates per-class thresholds over all kept rows together (one ``find_label_issues`` call,
-    which batches internally); the image score is cleanlab's ``num_pixel_issues`` score, 1 − share of the labelled
-    pixels flagged, taken from those issue masks (cleanlab's own ``get_label_quality_scores`` would re-estimate the
-    thresholds on whatever subset it is given). Ignored pixels (IGNORED_LABEL) are never flagged and do not count
-    in the share. The class-swap summary is cleanlab's ``common_label_issues``, summed over chunks of images so that
-    probabilities are only read a chunk at a time. Rows left out take no part in the thresholds: their score is NaN
-    and their issue mask empty. Nothing of size N×K×S×S is ever in memory.
+    The thresholds and the number of issues are estimated over all kept rows together, reading the stored labels
+    and probabilities CLEANLAB_CHUNK images at a time; the image score is cleanlab's ``num_pixel_issues`` score,
+    1 − share of the labelled pixels flagged. Ignored pixels (IGNORED_LABEL) take no part, are never flagged and do
+    not count in the share. The class-swap summary counts the flagged pixels by (given label, predicted class), as
+    cleanlab's ``common_label_issues``. Rows left out take no part: their score is NaN and their issue mask empty.
+    Nothing of size N×S×S or more is ever in memory.
     """
-    from cleanlab.segmentation.filter import find_label_issues as cleanlab_find_label_issues
-    from cleanlab.segmentation.summary import common_label_issues
-
+    from coco_seg.analysis.label_issues import stream_label_issues, swap_counts
     from coco_seg.samples import IGNORED_LABEL
 
     work.mkdir(parents=True, exist_ok=True)
+    num_classes = len(class_names)
     image_scores = {name: np.full(len(streamed.labels), np.nan) for name, streamed, _ in sources}
-    issue_masks = {}
-    for name, streamed, _ in sources:
-        issue_masks[name] = _open_memmap(work / f"issues-{name}.npy", np.bool_, streamed.labels.shape)
-        issue_masks[name][:] = False
-    swaps: dict[tuple[str, str], int] = {}
-    kept_total = sum(len(rows) for _, _, rows in sources)
-    if kept_total:
-        labels, probabilities, ignored_anywhere = _label_issue_inputs(sources, work / "compacted")
-        issues = cleanlab_find_label_issues(labels, probabilities, batch_size=1_000_000, n_jobs=1, verbose=False)
-        offset = 0
-        for name, streamed, rows in sources:
-            for start in range(0, len(rows), CLEANLAB_CHUNK):
-                chunk = rows[start:start + CLEANLAB_CHUNK]
-                flagged = issues[offset:offset + len(chunk)]
-                labelled = streamed.labels[chunk] != IGNORED_LABEL
-                if ignored_anywhere:
-                    flagged &= labelled
-                issue_masks[name][chunk] = flagged
-                counts = labelled.reshape(len(chunk), -1).sum(axis=1)
-                image_scores[name][chunk] = np.where(
-                    counts > 0, 1.0 - flagged.reshape(len(chunk), -1).sum(axis=1) / np.maximum(counts, 1), np.nan)
-                summary = common_label_issues(flagged, labels[offset:offset + len(chunk)],
-                                              np.asarray(probabilities[offset:offset + len(chunk)], np.float32),
-                                              class_names=list(class_names), verbose=False)
-                for row in summary.itertuples():
-                    key = (row.given_label, row.predicted_label)
-                    swaps[key] = swaps.get(key, 0) + int(row.num_pixel_issues)
-                offset += len(chunk)
-        del issues
+    issue_masks = {name: RowFile(work / f"issues-{name}.npy", np.bool_, streamed.labels.shape, fresh=True)
+                   for name, streamed, _ in sources}
+    chunks = [(name, streamed, rows[start:start + CLEANLAB_CHUNK]) for name, streamed, rows in sources
+              for start in range(0, len(rows), CLEANLAB_CHUNK)]
+
+    def read_chunks():
+        for _, streamed, rows in chunks:
+            yield streamed.labels[rows], np.asarray(streamed.probabilities[rows])
+
+    swaps = np.zeros((num_classes, num_classes), np.int64)
+    for (name, streamed, rows), (flags, predicted) in zip(chunks, stream_label_issues(read_chunks,
+                                                                                       num_classes=num_classes)):
+        labels = streamed.labels[rows]
+        issue_masks[name][rows] = flags
+        counts = (labels != IGNORED_LABEL).reshape(len(rows), -1).sum(axis=1)
+        image_scores[name][rows] = np.where(
+            counts > 0, 1.0 - flags.reshape(len(rows), -1).sum(axis=1) / np.maximum(counts, 1), np.nan)
+        swaps += swap_counts(flags, labels, predicted, num_classes)
     for mask in issue_masks.values():
         mask.flush()
-    total = max(1, sum(swaps.values()))
-    class_swaps = pd.DataFrame([{"given_label": g, "predicted_label": p, "pixels": n, "share": n / total}
-                                for (g, p), n in sorted(swaps.items(), key=lambda item: -item[1])],
+    total = max(1, int(swaps.sum()))
+    ranked = sorted(((int(swaps[g, p]), g, p) for g in range(num_classes) for p in range(num_classes)
+                     if swaps[g, p] > 0), key=lambda item: -item[0])  # stable: ties keep class order
+    class_swaps = pd.DataFrame([{"given_label": class_names[g], "predicted_label": class_names[p], "pixels": n,
+                                 "share": n / total} for n, g, p in ranked],
                                columns=["given_label", "predicted_label", "pixels", "share"])
     return LabelIssues(image_scores, issue_masks, class_swaps)
 
