@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from _support import report_page
+from coco_seg.analysis import report as report_module
 from coco_seg.analysis.report import DATA_SCRIPT_ID, MAP_DIV_ID, write_report
 
 CLASS_NAMES = ["background", "person", "car"]
@@ -170,6 +171,145 @@ def test_rejects_bad_samples(tmp_path: Path, inputs: dict):
     assert not list(tmp_path.iterdir())
 
 
+# ---------------------------------------------------------------------------------------------------- thumbnail cap
+
+CAP_N = 30
+
+
+def capped_inputs(*, with_gaps: bool = True) -> dict:
+    """30 samples s000..s029 (s001 without a usable thumbnail when ``with_gaps``), one insight, two label issues,
+    labelling ids outside the sample table (u0 with a thumbnail, u1 without) and a thumbnail for an unknown id."""
+    rng = np.random.default_rng(3)
+    ids = [f"s{i:03d}" for i in range(CAP_N)]
+    loss = np.full(CAP_N, 0.1)
+    loss[25], loss[29] = 5.0, 4.0  # the worst two (WORST_COUNT is patched to 2)
+    samples = pd.DataFrame({"sample_id": ids, "file_name": [f"{i:012d}.jpg" for i in range(CAP_N)],
+                            "map_x": rng.normal(0, 1, CAP_N), "map_y": rng.normal(0, 1, CAP_N),
+                            "loss": loss, "cluster": np.arange(CAP_N) % 3})
+    thumbnails = {sid: data_uri(tiny_image(rng)) for sid in [*ids, "u0", "stranger"]}
+    if with_gaps:
+        thumbnails["s001"] = "not an image"  # ignored: never embedded, takes no slot
+    # Insight: INSIGHT_THUMBS is patched to 3, so s027 is not shown on the card (not referenced).
+    insights = [{"kind": "low_performance_cluster", "severity": 0.7, "title": "t", "summary": "s",
+                 "sample_ids": ["s020", "s001", "s003", "s027"], "evidence": {"n": 4}}]
+    label_issues = [{"sample_id": "s011", "score": 0.1, "rank": 1, "issue_share": 0.9, "panels": {}},
+                    {"sample_id": "s025", "score": 0.2, "rank": 2, "issue_share": 0.8, "panels": {}}]
+    labelling = [{"sample_id": "u0", "rank": 1, "priority": 0.9, "uncertainty": 0.5, "novelty": 0.4},
+                 {"sample_id": "u1", "rank": 2, "priority": 0.8, "uncertainty": 0.4, "novelty": 0.3}]
+    return dict(title="capped", samples=samples, class_names=CLASS_NAMES, color_fields=["loss", "cluster"],
+                thumbnails=thumbnails, dashboards=[], label_issues=label_issues, class_swaps=[],
+                pruning=[{"cluster": 0, "size": 10, "kept": 9, "dropped": 1, "share_kept": 0.9,
+                          "drop_ids": ["s013"]}],
+                labelling=labelling, summary={"samples": CAP_N}, insights=insights)
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    monkeypatch.setattr(report_module, "WORST_COUNT", 2)
+    monkeypatch.setattr(report_module, "INSIGHT_THUMBS", 3)
+    return lambda cap: monkeypatch.setattr(report_module, "MAX_REPORT_THUMBNAILS", cap)
+
+
+def map_note(text: str) -> str:
+    match = re.search(r'<section id="map">.*?<p class="note">(.*?)</p>', text, re.S)
+    assert match, "map note missing"
+    return match.group(1)
+
+
+# Referenced, in priority order: the insight card's shown ids with a thumbnail (s020, s003; s001 has none), the
+# worst samples (s025, s029), the label-issue gallery (s011; s025 already in), the labelling priorities (u0; u1
+# has none). The other 24 samples with a thumbnail, in table order:
+REFERENCED = ["s020", "s003", "s025", "s029", "s011", "u0"]
+REST = ["s000", "s002", "s004", "s005", "s006", "s007", "s008", "s009", "s010", "s012", "s013", "s014", "s015",
+        "s016", "s017", "s018", "s019", "s021", "s022", "s023", "s024", "s026", "s027", "s028"]
+
+
+def test_thumbnails_capped_referenced_first_then_evenly_spaced(tmp_path: Path, small_limits):
+    small_limits(12)
+    inputs = capped_inputs()
+    assert [s for s in inputs["samples"]["sample_id"] if s not in REFERENCED and s != "s001"] == REST
+    text = write_report(tmp_path / "a.html", **inputs).read_text(encoding="utf-8")
+    data = json.loads(inline_data(text))
+    # 6 referenced, then 6 slots over the 24 others: positions 0, 4, 8, 12, 16, 20 (every 4th).
+    expected = REFERENCED + ["s000", "s006", "s010", "s015", "s019", "s024"]
+    assert [REST[j * 4] for j in range(6)] == expected[6:]
+    assert list(data["thumbs"]) == expected
+    assert data["thumbs"] == {sid: inputs["thumbnails"][sid] for sid in expected}  # the right images
+    # Deterministic: a second write embeds the same thumbnails in the same order, byte for byte the same page.
+    again = write_report(tmp_path / "b.html", **inputs).read_text(encoding="utf-8")
+    assert again == text
+    # Every sample is still on the map with its values; only the thumbnails are capped.
+    points = data["points"]
+    assert points["id"] == list(inputs["samples"]["sample_id"])
+    assert all(x is not None for x in points["x"]) and all(y is not None for y in points["y"])
+    assert points["columns"]["loss"] == [float(v) for v in inputs["samples"]["loss"]]
+    assert points["file"][13] == "000000000013.jpg" and "s013" not in data["thumbs"]
+    # The static content shows the referenced thumbnails: insight card, worst table, labelling table.
+    insight = re.search(r'<section id="insights">.*?</section>', text, re.S).group(0)
+    assert re.findall(r'<div class="insight-thumbs">(.*?)</div>', insight) == [
+        '<img class="thumb" data-sample="s020" alt=""><img class="thumb" data-sample="s003" alt="">'
+        '<span class="muted">+1 more</span>']
+    worst = re.search(r'<section id="worst">.*?</section>', text, re.S).group(0)
+    assert re.findall(r'data-sample="([^"]+)"', worst) == ["s025", "s029"]
+    labelling = re.search(r'<section id="labelling">.*?</section>', text, re.S).group(0)
+    assert re.findall(r'data-sample="([^"]+)"', labelling) == ["u0", "u1"]
+    # The note gives the count (u0 is not a plotted sample) and where the other images are.
+    note = map_note(text)
+    assert "Thumbnails are embedded for 11 of the 30 plotted samples (at most 12 per report" in note
+    assert "no thumbnail embedded" in note and "file_name column of samples.parquet" in note
+    assert "no thumbnail embedded" in text.split('<script type="application/json"')[1]  # the script's placeholder
+
+
+def test_thumbnail_cap_smaller_than_referenced(tmp_path: Path, small_limits):
+    small_limits(4)
+    inputs = capped_inputs()
+    data = json.loads(inline_data(write_report(tmp_path / "r.html", **inputs).read_text(encoding="utf-8")))
+    assert list(data["thumbs"]) == REFERENCED[:4]  # the cap holds, in priority order, no evenly spaced fill
+    assert len(data["points"]["id"]) == CAP_N
+
+
+def test_thumbnail_selection_spreads_over_large_tables():
+    from coco_seg.analysis.report import _select_thumbnails
+
+    ids = [f"x{i}" for i in range(1000)]
+    uri = "data:image/jpeg;base64,AA=="
+    thumbs, capped = _select_thumbnails(ids, ["x999", "x5"], {i: uri for i in ids}, 10)
+    others = [i for i in ids if i not in ("x999", "x5")]
+    assert capped and list(thumbs) == ["x999", "x5"] + [others[j * 998 // 8] for j in range(8)]
+    assert list(thumbs)[2:] == ["x0", "x125", "x250", "x375", "x500", "x624", "x749", "x874"]
+    assert _select_thumbnails(ids, [], {i: uri for i in ids}, 1000) == ({i: uri for i in ids}, False)
+
+
+@pytest.mark.parametrize("cap", [31, 10_000])
+def test_under_the_cap_every_sample_keeps_its_thumbnail(tmp_path: Path, small_limits, cap: int):
+    small_limits(cap)  # 30 samples + u0 = 31 thumbnails without s001's gap (31: exactly the cap), 30 with it
+    inputs = capped_inputs()
+    text = write_report(tmp_path / "r.html", **inputs).read_text(encoding="utf-8")
+    data = json.loads(inline_data(text))
+    available = [s for s in inputs["samples"]["sample_id"] if s != "s001"] + ["u0"]
+    assert sorted(data["thumbs"]) == sorted(available)
+    assert data["thumbs"] == {sid: inputs["thumbnails"][sid] for sid in available}
+    # s001 has no usable thumbnail: the note says so, without mentioning a cap.
+    note = map_note(text)
+    assert "Thumbnails are embedded for 29 of the 30 plotted samples; for the others" in note
+    assert "per report" not in note
+    full = capped_inputs(with_gaps=False)
+    text = write_report(tmp_path / "full.html", **full).read_text(encoding="utf-8")
+    data = json.loads(inline_data(text))
+    assert data["thumbs"] == {sid: full["thumbnails"][sid] for sid in [*full["samples"]["sample_id"], "u0"]}
+    assert "Thumbnails are embedded" not in text
+
+
+def test_default_cap_keeps_every_thumbnail(report: Path, inputs: dict):
+    from coco_seg.analysis.report import MAX_REPORT_THUMBNAILS
+
+    assert MAX_REPORT_THUMBNAILS == 10_000
+    text = report.read_text(encoding="utf-8")
+    data = json.loads(inline_data(text))
+    assert data["thumbs"] == {sid: inputs["thumbnails"][sid] for sid in inputs["samples"]["sample_id"]}
+    assert "Thumbnails are embedded" not in text
+
+
 # ---------------------------------------------------------------------------------------------------- browser
 
 POINT_POSITION_JS = """(i) => {
@@ -253,3 +393,17 @@ def test_report_in_chromium(report: Path, inputs: dict):
     remote = [url for url in requests if not url.startswith(("file://", "data:", "blob:"))]
     assert not remote, remote
     assert any(url.startswith("file://") for url in requests)
+
+
+def test_the_labelling_table_shows_its_first_rows_and_says_where_the_rest_are(tmp_path, inputs, monkeypatch):
+    """An unlabeled split of tens of thousands would make a table of as many rows; the page shows the first
+    LABELLING_ROWS (and embeds only their thumbnails first), labelling_suggestions.json holds every one."""
+    monkeypatch.setattr(report_module, "LABELLING_ROWS", 2)
+    labelling = [{"sample_id": f"u{i}", "rank": i + 1, "priority": 1 - i / 10, "uncertainty": 0.5,
+                  "novelty": 0.3} for i in range(5)]
+    text = write_report(tmp_path / "r.html", **{**inputs, "labelling": labelling}).read_text(encoding="utf-8")
+    section = re.search(r'<section id="labelling">.*?</section>', text, re.S).group(0)
+    assert [i for i in ("u0", "u1", "u2", "u3", "u4") if re.search(rf"\b{i}\b", section)] == ["u0", "u1"]
+    assert "The first 2 of 5; labelling_suggestions.json ranks them all." in section
+    referenced = report_module._referenced_ids(inputs["samples"], None, [], labelling)
+    assert [i for i in referenced if i.startswith("u")] == ["u0", "u1"]

@@ -8,6 +8,11 @@
 #   4. the worst samples by loss;
 #   5. the label-issue gallery (image / ground truth / prediction / issues) and the class-swap table;
 #   6. the pruning table and the labelling priorities of the unlabeled split.
+# Each thumbnail is stored once, in the inline JSON. At most MAX_REPORT_THUMBNAILS are embedded so that the page
+# stays openable at full-COCO scale: first those of the samples the sections show or link (insight cards, worst
+# samples, label-issue gallery, labelling priorities), then an evenly spaced subset of the other samples (every
+# k-th in table order). The map plots, and its hover lists the values of, every sample; a sample without an
+# embedded thumbnail reads "no thumbnail embedded" there, and the map's note gives the count.
 """Write the offline, self-contained HTML analysis report (``write_report``)."""
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pandas as pd
 
 from coco_seg.atomic import strict_json, write_atomically
 
-__all__ = ["MAP_DIV_ID", "write_report"]
+__all__ = ["MAP_DIV_ID", "MAX_REPORT_THUMBNAILS", "write_report"]
 
 MAP_DIV_ID = "latent-map"
 DATA_SCRIPT_ID = "coco-seg-data"
@@ -33,12 +38,14 @@ COLOR_SELECT_ID = "color-by"
 HOVER_PANEL_ID = "hover-panel"
 SIMILARS_PANEL_ID = "similars"
 WORST_COUNT = 20  # rows of the worst-samples table
+LABELLING_ROWS = 100  # rows of the labelling-priorities table (labelling_suggestions.json holds every one)
 SCATTERGL_MIN_POINTS = 5000  # from this many points the map uses WebGL (scattergl); below, SVG (works everywhere)
 MAX_CATEGORIES = 20  # a categorical colour field keeps its most frequent values; the rest read "other"
 HOVER_EXTRA_FIELDS = 4  # colour fields (beyond loss / IoU / cluster / issue score) shown in the hover panel
 CORE_FIELDS = ("loss", "mean_iou", "cluster", "label_issue_score")
 PERCENT_KEYS = frozenset({"share", "share_kept", "issue_share"})
 REQUIRED_COLUMNS = ("sample_id", "map_x", "map_y")
+MAX_REPORT_THUMBNAILS = 10_000  # thumbnails embedded at most (~3-4 KB each as JPEG data URIs: ~40 MB at most)
 
 
 # ---------------------------------------------------------------------------------------------------- values
@@ -291,13 +298,19 @@ def _dashboard_charts(dashboards: Sequence[Mapping[str, Any]]) -> list[dict[str,
     return charts
 
 
+def _worst_rows(samples: pd.DataFrame) -> list[Any]:
+    """Index labels of the worst-samples table's rows: the WORST_COUNT highest losses (NaN last, stable)."""
+    if "loss" not in samples.columns or samples.empty:
+        return []
+    losses = pd.to_numeric(samples["loss"], errors="coerce")
+    return list(losses.sort_values(ascending=False, na_position="last", kind="stable").index[:WORST_COUNT])
+
+
 def _worst_html(samples: pd.DataFrame) -> str:
     if "loss" not in samples.columns or samples.empty:
         return "<p>No loss column.</p>"
-    losses = pd.to_numeric(samples["loss"], errors="coerce")
-    order = losses.sort_values(ascending=False, na_position="last", kind="stable").index[:WORST_COUNT]
     rows, attrs = [], []
-    for rank, index in enumerate(order, start=1):
+    for rank, index in enumerate(_worst_rows(samples), start=1):
         row = samples.loc[index]
         sid = str(row["sample_id"])
         rows.append([str(rank), _thumb(sid), _e(sid), _e(_fmt(row.get("file_name"))), _e(_fmt(row.get("loss"))),
@@ -362,12 +375,15 @@ def _labelling_html(labelling: Sequence[Mapping[str, Any]] | None, thumbs: Mappi
         return "<p>No unlabeled split configured: no labelling priorities.</p>"
     if not labelling:
         return "<p>The unlabeled split holds no samples.</p>"
-    return ('<p class="note">Unlabeled samples worth labelling first (high uncertainty and far from the labelled '
-            'data).</p>' + _records_table(labelling, [("rank", "#"), ("sample_id", "sample"),
+    shown = list(labelling[:LABELLING_ROWS])
+    extra = (f" The first {LABELLING_ROWS} of {len(labelling):,}; labelling_suggestions.json ranks them all."
+             if len(labelling) > LABELLING_ROWS else "")
+    return (f'<p class="note">Unlabeled samples worth labelling first (high uncertainty and far from the labelled '
+            f'data).{extra}</p>' + _records_table(shown, [("rank", "#"), ("sample_id", "sample"),
                                                        ("priority", "priority"), ("uncertainty", "uncertainty"),
                                                        ("novelty", "novelty")], cls="labelling",
                                                       thumbs=any(str(r.get("sample_id")) in thumbs
-                                                                 for r in labelling)))
+                                                                 for r in shown)))
 
 
 INSIGHT_THUMBS = 8  # thumbnails shown per insight card (the full ranked list is in insights.json)
@@ -417,6 +433,65 @@ def _insights_html(insights: Sequence[Mapping[str, Any]] | None, thumbs: Mapping
             'tests. Thumbnails: the most representative samples first.</p>' + "".join(cards))
 
 
+# ---------------------------------------------------------------------------------------------------- thumbnails
+
+
+def _referenced_ids(samples: pd.DataFrame, insights: Sequence[Mapping[str, Any]] | None,
+                    label_issues: Sequence[Mapping[str, Any]],
+                    labelling: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """Ids whose thumbnail the page's static content shows (or shows once clicked), in priority order, once each:
+    the insight cards' thumbnails, the worst samples, the label-issue gallery (its headings select the sample on
+    the map), the labelling priorities in rank order. The pruning lists are plain text: not included."""
+    ordered: list[str] = []
+    for finding in insights or []:
+        ordered += [str(i) for i in list(finding.get("sample_ids") or [])[:INSIGHT_THUMBS]]
+    ordered += [str(samples.loc[index, "sample_id"]) for index in _worst_rows(samples)]
+    ordered += [str(issue.get("sample_id", "")) for issue in label_issues or []]
+    ordered += [str(record.get("sample_id")) for record in list(labelling or [])[:LABELLING_ROWS]]
+    return list(dict.fromkeys(ordered))
+
+
+def _select_thumbnails(ids: Sequence[str], referenced: Sequence[str], thumbnails: Mapping[Any, Any],
+                       cap: int) -> tuple[dict[str, str], bool]:
+    """The thumbnails to embed (at most ``cap``) and whether the cap left any available one out.
+
+    Only ids in ``ids`` or ``referenced`` with an inline image (data:image/...) count. The referenced ids come
+    first, in their order; the remaining slots go to an evenly spaced subset of the other ids in table order
+    (positions ``floor(j * n / slots)``, j = 0..slots-1, of the n candidates): deterministic, the first one
+    included. Under the cap every available thumbnail is embedded.
+    """
+    available: dict[str, str] = {}
+    for key, value in thumbnails.items():
+        uri = _data_uri(value)
+        if uri:
+            available[str(key)] = uri
+    cap = max(int(cap), 0)
+    wanted = [i for i in dict.fromkeys([*referenced, *ids]) if i in available]
+    if len(wanted) <= cap:
+        return {i: available[i] for i in wanted}, False
+    chosen = [i for i in dict.fromkeys(referenced) if i in available][:cap]
+    taken = set(chosen)
+    rest = [i for i in ids if i in available and i not in taken]
+    slots = cap - len(chosen)
+    chosen += [rest[j * len(rest) // slots] for j in range(slots)] if slots else []
+    return {i: available[i] for i in chosen}, True
+
+
+def _thumbnail_note(ids: Sequence[str], points: Mapping[str, Any], thumbs: Mapping[str, str], capped: bool,
+                    n_plotted: int) -> str:
+    """The map's note on the thumbnails when fewer are embedded than samples plotted (else empty)."""
+    with_thumb = sum(1 for sid, x, y in zip(ids, points["x"], points["y"])
+                     if x is not None and y is not None and sid in thumbs)
+    if with_thumb >= n_plotted:
+        return ""
+    how = (f" (at most {MAX_REPORT_THUMBNAILS:,} per report: first the samples the sections below show, then an "
+           f"evenly spaced selection of the others in table order)") if capped else ""
+    where = (" and gives the image's file name (the file_name column of samples.parquet and samples.csv)"
+             if any(points["file"]) else "")
+    return (f"Thumbnails are embedded for {with_thumb:,} of the {n_plotted:,} plotted samples{how}; for the "
+            f"others the hover panel reads \u201cno thumbnail embedded\u201d{where}.")
+
+
 # ---------------------------------------------------------------------------------------------------- page
 
 _CSS = """
@@ -458,6 +533,10 @@ tr[data-select]:hover{background:#eef5ff}
 .nb:hover{border-color:#1f5f9f}
 .nb img{width:100%;aspect-ratio:1;object-fit:cover;border-radius:3px;background:#eee;display:block}
 .nb .sid{font-weight:600;word-break:break-all}
+.nothumb{display:flex;align-items:center;justify-content:center;text-align:center;background:#eee;color:#777;
+  font-size:11px;border-radius:4px;padding:4px}
+.card .nothumb{width:96px;height:96px;flex:none}
+.nb .nothumb{width:100%;aspect-ratio:1}
 .muted,.note{color:#666}
 .dashboards{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:12px}
 .dashboard{border:1px solid #eee;border-radius:5px;padding:6px 10px}
@@ -535,16 +614,22 @@ _SCRIPT = r"""
       if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
       return String(v);
     }
+    function thumbOf(id) {  // the embedded thumbnail, or null (at most MAX_REPORT_THUMBNAILS are embedded)
+      var uri = Object.prototype.hasOwnProperty.call(thumbs, id) ? thumbs[id] : null;
+      return typeof uri === "string" ? uri : null;
+    }
     function thumbImg(id) {
+      var uri = thumbOf(id);
+      if (!uri) return el("div", {cls: "nothumb", text: "no thumbnail embedded"});
       var img = el("img", {alt: ""});
-      if (thumbs[id]) img.src = thumbs[id];
+      img.src = uri;
       return img;
     }
     function col(name, i) { return cols[name] ? cols[name][i] : undefined; }
 
     // ---- thumbnails in the static tables (stored once, in the JSON map)
     document.querySelectorAll("img[data-sample]").forEach(function (img) {
-      var uri = thumbs[img.getAttribute("data-sample")];
+      var uri = thumbOf(img.getAttribute("data-sample"));
       if (uri) img.src = uri; else img.classList.add("none");
     });
 
@@ -774,6 +859,12 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
     ``insights``: the findings of coco_seg.analysis.insights (records), shown first; their sample ids are keys of
     ``samples``.
     Samples without finite map coordinates stay in the tables but are not plotted.
+    ``thumbnails`` maps sample ids to inline images (data:image/... URIs; other values are ignored). At most
+    ``MAX_REPORT_THUMBNAILS`` are embedded: first those of the samples the page shows or links (insight cards,
+    worst samples, label-issue gallery, labelling priorities), then an evenly spaced, deterministic subset of the
+    other samples (every k-th in table order); under the cap every sample keeps its thumbnail. The map still
+    plots and describes every sample; its note says how many thumbnails are embedded when fewer than the samples
+    plotted.
     """
     path = Path(path)
     if not isinstance(samples, pd.DataFrame):
@@ -790,8 +881,8 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
 
     points, field_meta, shown_fields = _map_data(samples, class_names, list(color_fields))
     absent_fields = [f for f in dict.fromkeys(color_fields) if f not in samples.columns]
-    wanted = set(ids) | {str(r.get("sample_id")) for r in labelling or []}
-    thumbs = {str(k): uri for k, v in thumbnails.items() if str(k) in wanted and (uri := _data_uri(v))}
+    thumbs, capped = _select_thumbnails(ids, _referenced_ids(samples, insights, label_issues, labelling),
+                                        thumbnails, MAX_REPORT_THUMBNAILS)
     hover_fields = [f for f in shown_fields if f not in CORE_FIELDS][:HOVER_EXTRA_FIELDS]
     n_plotted = sum(1 for x, y in zip(points["x"], points["y"]) if x is not None and y is not None)
     data = {"mapDiv": MAP_DIV_ID, "hoverDiv": HOVER_PANEL_ID, "similarsDiv": SIMILARS_PANEL_ID,
@@ -805,6 +896,9 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
                       for f in shown_fields) or '<option value="">(no colour field)</option>'
     unplotted = len(ids) - n_plotted
     notes = []
+    thumb_note = _thumbnail_note(ids, points, thumbs, capped, n_plotted)
+    if thumb_note:
+        notes.append(_e(thumb_note))
     if unplotted:
         notes.append(f"{unplotted} samples have no map coordinates and are not plotted.")
     if absent_fields:
@@ -817,7 +911,7 @@ def write_report(path: Path, *, title: str, samples: pd.DataFrame, class_names: 
          f'<div class="controls"><label>colour by <select id="{COLOR_SELECT_ID}">{options}</select></label>'
          f'<label>find sample <input id="find-sample" size="18" placeholder="sample id"></label>'
          f'<span id="find-note" class="muted"></span></div>'
-         f'<p class="note">{n_plotted} samples; each point is one sample placed by its embedding. Hover for '
+         f'<p class="note">{n_plotted:,} samples; each point is one sample placed by its embedding. Hover for '
          f'the thumbnail and values, click a point for its most similar samples. '
          f'{" ".join(notes)}</p>'
          f'<div class="map-row"><div id="{MAP_DIV_ID}"></div><div class="map-side">'
