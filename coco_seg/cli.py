@@ -44,6 +44,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = load_config()
     if args.untrained:
+        import keras
+
+        keras.utils.set_random_seed(args.seed)  # an untrained model is still a reproducible one
         model = build_unet(image_size=config.image_size, num_classes=config.num_classes,
                            encoder_weights=args.encoder_weights, alpha=args.alpha)
         extra = {"trained": False, "encoder_weights": args.encoder_weights}
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--encoder-weights", default="imagenet", metavar="imagenet|none|PATH",
                         help="encoder weights for --untrained (default imagenet, needs a download)")
     export.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier for --untrained")
+    export.add_argument("--seed", type=int, default=0,
+                        help="random initialisation of --untrained (the same seed gives the same weights)")
     export.set_defaults(run=cmd_export)
 
     train = commands.add_parser("train", help="train the U-Net on the configured splits")

@@ -56,3 +56,30 @@ def test_a_relative_config_reaches_subprocesses_as_an_absolute_path(tmp_path, mo
     monkeypatch.chdir("/")  # as a subprocess started elsewhere sees it
     from coco_seg.config import load_config
     assert load_config().image_size == 64
+
+
+def test_an_untrained_export_is_reproducible_by_its_seed(tmp_path, generated_root):
+    """export --untrained --seed N: the same seed gives the same weights (tests and benchmarks that analyse an
+    untrained model rely on it), another seed other weights."""
+    import h5py
+    import numpy as np
+
+    from _support import data_tree, write_config
+
+    config = write_config(tmp_path, data_tree(generated_root) | {"image_size": 32})
+
+    def weights(name: str, seed: str) -> dict:
+        subprocess.run([sys.executable, "-m", "coco_seg.cli", "--config", str(config), "export", "--untrained",
+                        "--encoder-weights", "none", "--alpha", "0.35", "--seed", seed, "--out", str(tmp_path / name)],
+                       cwd=REPO_ROOT, env=subprocess_env(home=tmp_path), check=True, capture_output=True, timeout=600)
+        found = {}
+        with h5py.File(tmp_path / name / "model.h5") as model:
+            model.visititems(lambda key, item: found.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset)
+                             else None)
+        return found
+
+    first, again, other = weights("a", "3"), weights("b", "3"), weights("c", "4")
+    kernels = [key for key in first if "kernel" in key]
+    assert len(kernels) > 10 and first.keys() == again.keys() == other.keys()
+    assert all(np.array_equal(first[key], again[key]) for key in first)
+    assert sum(not np.array_equal(first[key], other[key]) for key in kernels) == len(kernels)
