@@ -509,3 +509,55 @@ def test_scale_never_builds_an_n_by_n_matrix():
     assert peak < n * n * 8 / 4, f"peak {peak / 2**20:.1f} MiB"  # an N x N float64 matrix would be 69 MiB
     assert isinstance(results, InsightsResults)
     assert {entry["kind"] for entry in results.skipped}.isdisjoint(KINDS[3:])  # every reference analysis ran
+
+
+def test_duplicate_groups_are_the_same_whatever_the_pair_budget(monkeypatch):
+    """Chains (A~B, B~C, not A~C), exact copies and singletons: the groups and each row's best similarity do not
+    depend on how often the pairs are reduced to a spanning forest."""
+    from coco_seg.analysis import insights
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 16))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    space = np.concatenate([base, base[:6], 0.92 * base[10:14] + 0.39 * base[20:24]])  # copies, blends
+    space /= np.linalg.norm(space, axis=1, keepdims=True)
+    labels, best = insights._similar_groups(space, 0.82)
+    for budget in (0, 1, 3):
+        monkeypatch.setattr(insights, "_EDGE_BUDGET", budget)
+        monkeypatch.setattr(insights, "_CHUNK_ELEMENTS", 50)  # one row per chunk: many reductions
+        small_labels, small_best = insights._similar_groups(space, 0.82)
+        np.testing.assert_allclose(small_best, best, rtol=1e-12)  # BLAS sums in another order per chunk shape
+        same = labels[:, None] == labels[None, :]
+        np.testing.assert_array_equal(small_labels[:, None] == small_labels[None, :], same)
+    dots = space @ space.T
+    np.fill_diagonal(dots, -np.inf)
+    np.testing.assert_allclose(best, dots.max(axis=1))
+    for copy in range(6):  # each copy is grouped with its original
+        assert labels[40 + copy] == labels[copy]
+    linked = dots >= 0.82
+    for row in range(len(space)):  # a row with no similar row is alone; a similar pair shares a group
+        assert (np.bincount(labels)[labels[row]] > 1) == linked[row].any()
+        assert all(labels[row] == labels[other] for other in np.flatnonzero(linked[row]))
+
+
+def test_many_copies_of_one_image_are_one_group_in_bounded_memory(monkeypatch):
+    """n copies of one row hold n²/2 similar pairs; the grouping's memory is one chunk's pairs plus the budget,
+    the same for 2,000 and 4,000 copies, while the 8 million pairs of 4,000 would take 128 MB as two index arrays
+    (and 4 GB as the per-pair row copies of a per-pair dot product)."""
+    from coco_seg.analysis import insights
+
+    monkeypatch.setattr(insights, "_EDGE_BUDGET", 100_000)
+
+    def peak(copies: int) -> int:
+        space = np.tile(np.eye(1, 32), (copies, 1))
+        tracemalloc.start()
+        try:
+            labels, best = insights._similar_groups(space, 0.82)
+            measured = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.unique(labels).size == 1 and np.all(best == 1.0)
+        return measured
+
+    small, large = peak(2000), peak(4000)
+    assert large < 1.3 * small and large < 100 * 2**20, (small / 2**20, large / 2**20)

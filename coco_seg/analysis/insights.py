@@ -49,9 +49,9 @@ run on (no training split, fewer than 2 clusters, ...) is recorded in ``skipped`
    the spaces, highest first.
 5. ``duplicates``. Per split, rows of :func:`~coco_seg.analysis.appearance.duplicate_space` (encoder view
    centred on the training rows), whose dot product is the mean of the two views' cosines. Pairs with
-   dot >= duplicate_similarity: every row has length <= 1, so such a pair lies within Euclidean distance
-   sqrt(2 − 2t) and a radius search finds all candidates, then the dot product decides. Groups are the connected
-   components of those pairs (a chain A~B~C is one group). Severity = min(1, 10 × share of the split's rows that
+   dot >= duplicate_similarity, found from the dot products of a chunk of rows with every row (never an N × N
+   matrix). Groups are the connected components of those pairs (a chain A~B~C is one group), kept as a spanning
+   forest whenever the pairs held grow large, so a split of many copies of one image needs O(N) memory. Severity = min(1, 10 × share of the split's rows that
    are in a group beyond the first member of each group). A group is ``exact`` when its most similar pair
    reaches exact_similarity. Sample ids: group members, most similar group first.
 6. ``leakage``. Per non-training split, every row's nearest training row in the same duplicate space; leaked when
@@ -770,29 +770,48 @@ def out_of_distribution(samples: pd.DataFrame, *, latent: np.ndarray, appearance
 # ------------------------------------------------------------------------------- 5. duplicates, 6. leakage ---
 
 
-def _radius(similarity: float) -> float:
-    # rows have length <= 1, so dot >= t implies |a - b|^2 <= 2 - 2t; 1e-9 absorbs rounding at the boundary
-    return math.sqrt(max(0.0, 2.0 - 2.0 * similarity)) + 1e-9
+_EDGE_BUDGET = 4_000_000  # similar pairs held before they are reduced to a spanning forest (~64 MB)
 
 
-def _similar_pairs(space: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, dot) for every pair i < j of rows with dot >= threshold, radius-searched in chunks."""
-    from sklearn.neighbors import NearestNeighbors
+def _forest(rows: int, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(component label per row, and the edges of a spanning forest: each row to its component's first row)."""
+    graph = coo_matrix((np.ones(first.size, bool), (first, second)), shape=(rows, rows))
+    _, labels = connected_components(graph, directed=False)
+    lowest = np.full(labels.max() + 1, rows)
+    np.minimum.at(lowest, labels, np.arange(rows))
+    root = lowest[labels]
+    moved = np.flatnonzero(root != np.arange(rows))
+    return labels, moved, root[moved]
 
-    search = NearestNeighbors(radius=_radius(threshold), algorithm="brute", metric="euclidean").fit(space)
-    firsts, seconds = [], []
-    for part in _chunks(len(space), len(space)):
-        found = search.radius_neighbors(space[part], return_distance=False)
-        for offset, neighbours in enumerate(found):
-            row = part.start + offset
-            neighbours = neighbours[neighbours > row]
-            firsts.append(np.full(neighbours.size, row, dtype=np.int64))
-            seconds.append(neighbours.astype(np.int64))
+
+def _similar_groups(space: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows linked by dot >= threshold, grouped: ((N,) component label, (N,) each row's largest dot with another
+    row). The dot products of a chunk of rows with every row decide (never an N × N matrix); the pairs found are
+    reduced to a spanning forest whenever more than _EDGE_BUDGET are held, so memory stays O(N + budget) even
+    when every row duplicates every other one."""
+    rows = len(space)
+    best = np.full(rows, -np.inf)
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    held = 0
+    for part in _chunks(rows, rows):
+        block = space[part] @ space.T
+        block[np.arange(part.stop - part.start), np.arange(part.start, part.stop)] = -np.inf  # not itself
+        best[part] = block.max(axis=1) if rows > 1 else -np.inf
+        first, second = np.nonzero(block >= threshold)
+        del block  # before the next chunk's block is allocated: one block at a time
+        first += part.start
+        later = second > first  # each pair once
+        firsts.append(first[later])
+        seconds.append(second[later])
+        held += int(later.sum())
+        if held > _EDGE_BUDGET:
+            _, kept_first, kept_second = _forest(rows, np.concatenate(firsts), np.concatenate(seconds))
+            firsts, seconds, held = [kept_first], [kept_second], kept_first.size
     first = np.concatenate(firsts) if firsts else np.empty(0, np.int64)
     second = np.concatenate(seconds) if seconds else np.empty(0, np.int64)
-    dots = np.einsum("ij,ij->i", space[first], space[second])
-    keep = dots >= threshold
-    return first[keep], second[keep], dots[keep]
+    labels, _, _ = _forest(rows, first, second)
+    return labels, best
 
 
 def _duplicates(table: _Table, space: np.ndarray, config: InsightsConfig) -> tuple[list[Finding], str | None]:
@@ -801,17 +820,15 @@ def _duplicates(table: _Table, space: np.ndarray, config: InsightsConfig) -> tup
         rows = np.flatnonzero(table.splits == split)
         if rows.size < 2:
             continue
-        first, second, dots = _similar_pairs(space[rows], config.duplicate_similarity)
-        if first.size == 0:
+        labels, best = _similar_groups(space[rows], config.duplicate_similarity)
+        sizes = np.bincount(labels)
+        if sizes.max() < 2:
             continue
-        graph = coo_matrix((np.ones(first.size), (first, second)), shape=(rows.size, rows.size))
-        _, labels = connected_components(graph, directed=False)
-        best = np.zeros(rows.size)
-        np.maximum.at(best, first, dots)
-        np.maximum.at(best, second, dots)
+        order = np.argsort(labels, kind="stable")  # members of each group in row order
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
         groups = []
-        for label in np.unique(labels[first]):
-            members = np.flatnonzero(labels == label)
+        for label in np.flatnonzero(sizes >= 2):
+            members = order[bounds[label]:bounds[label + 1]]
             similarity = float(best[members].max())
             groups.append({"keys": [str(key) for key in table.keys[rows[members]]], "max_similarity": similarity,
                            "exact": bool(similarity >= config.exact_similarity)})
