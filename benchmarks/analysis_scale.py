@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")
@@ -102,12 +102,14 @@ def disk_mb(folder: Path) -> float:
     return total / 2**20
 
 
-def write_config(path: Path, *, data_root: Path, reports: Path) -> Path:
+def write_config(path: Path, *, data_root: Path, reports: Path, model: Optional[Path] = None) -> Path:
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tree = {"data": {"root": str(data_root)}, "labels": {"mode": "category"}, "image_size": 128,
-            "reports_dir": str(reports)}
+    tree: dict[str, Any] = {"data": {"root": str(data_root)}, "labels": {"mode": "category"}, "image_size": 128,
+                            "reports_dir": str(reports)}
+    if model is not None:
+        tree["model"] = {"path": str(model)}
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
 
@@ -125,19 +127,23 @@ def make_data(size_dir: Path, images: int, env: dict[str, str]) -> dict[str, Any
     return {"reused": False, **info}
 
 
-def analyze_once(size_dir: Path, *, model: Path, split: Optional[str], batch_size: int,
-                 env: dict[str, str]) -> dict[str, Any]:
-    """One cold analyze of ``size_dir``'s dataset in a fresh subprocess."""
+def analyze_once(size_dir: Path, *, model: Path, split: Optional[str], batch_size: int, env: dict[str, str],
+                 warm_up: Optional[Callable[[Path, dict[str, str]], None]] = None) -> dict[str, Any]:
+    """One analyze of ``size_dir``'s dataset (``size_dir/data``) in a fresh subprocess, its output, index cache and
+    reports new: cold, unless ``warm_up(config, env)`` (untimed, same cache) builds what it should find."""
     out, cache, reports = size_dir / "analysis", size_dir / "index-cache", size_dir / "reports"
     for folder in (out, cache, reports):
         shutil.rmtree(folder, ignore_errors=True)
     config = write_config(size_dir / "config.yaml", data_root=size_dir / "data", reports=reports)
+    env = {**env, "COCO_SEG_CACHE_DIR": str(cache)}
+    if warm_up is not None:
+        warm_up(config, env)
     command = cli("--config", str(config), "analyze", "--model", str(model), "--out", str(out),
                   "--batch-size", str(batch_size))
     if split is not None:
         command += ["--split", split]
     log = size_dir / "analyze.log"
-    result = checked(run_child(command, log=log, env={**env, "COCO_SEG_CACHE_DIR": str(cache)}), "analyze", log)
+    result = checked(run_child(command, log=log, env=env), "analyze", log)
     summary = json.loads((out / "summary.json").read_text())
     return {**result, "summary": summary, "disk_mb": disk_mb(out), "work_disk_mb": disk_mb(out / "work"),
             "command": command}

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from analysis_scale import checked, cli, disk_mb, exponent, fmt, run_child, stages_of
+from analysis_scale import analyze_once, checked, cli, disk_mb, exponent, fmt, run_child, stages_of, write_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SAMPLE = REPO_ROOT.parent / "shared" / "coco_sample"
@@ -135,38 +135,10 @@ def make_dataset_apart(data: Path, images: int, env: dict[str, str]) -> dict[str
     return json.loads((data / "made.json").read_text())
 
 
-def write_config(path: Path, *, data: Path, reports: Path, model: Optional[Path] = None) -> Path:
-    import yaml
-
-    tree: dict[str, Any] = {"data": {"root": str(data)}, "labels": {"mode": "category"}, "image_size": 128,
-                            "reports_dir": str(reports)}
-    if model is not None:
-        tree["model"] = {"path": str(model)}
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return path
-
-
 def child(mode: str, config: Path, extra: str, *, log: Path, env: dict[str, str]) -> dict[str, Any]:
     result = checked(run_child([sys.executable, "-c", CHILD, mode, str(config), extra], log=log, env=env), mode, log)
     lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
     return {**result, **json.loads(lines[-1].removeprefix("RESULT "))}
-
-
-def analyze_warm(size_dir: Path, config: Path, *, model: Path, env: dict[str, str]) -> dict[str, Any]:
-    """``coco-seg analyze --split training`` in a fresh subprocess, its output folder new, after the index cache
-    exists (as after check, train or any earlier run): a first, cold preprocess parses the annotation file in a
-    forked child whose time and memory are the preprocess row's, not analyze's."""
-    out, cache = size_dir / "analysis", size_dir / "analyze-cache"
-    for folder in (out, cache):
-        shutil.rmtree(folder, ignore_errors=True)
-    env = {**env, "COCO_SEG_CACHE_DIR": str(cache)}
-    child("preprocess", config, "", log=size_dir / "analyze-preprocess.log", env=env)  # builds the index cache
-    command = cli("--config", str(config), "analyze", "--model", str(model), "--out", str(out), "--batch-size", "16",
-                  "--split", "training")
-    log = size_dir / "analyze.log"
-    result = checked(run_child(command, log=log, env=env), "analyze", log)
-    summary = json.loads((out / "summary.json").read_text())
-    return {**result, "summary": summary, "disk_mb": disk_mb(out), "command": command}
 
 
 def measure_size(work: Path, images: int, *, model: Path, steps: int, analyze: bool, stages: set[str],
@@ -182,7 +154,7 @@ def measure_size(work: Path, images: int, *, model: Path, steps: int, analyze: b
     if stages & {"preprocess", "sample store"}:
         shutil.rmtree(cache, ignore_errors=True)  # cold: preprocess builds the index cache, the store its samples
     env = {**env, "COCO_SEG_CACHE_DIR": str(cache)}
-    config = write_config(size_dir / "config.yaml", data=data, reports=size_dir / "reports", model=model)
+    config = write_config(size_dir / "config.yaml", data_root=data, reports=size_dir / "reports", model=model)
     row: dict[str, Any] = {"images": images, "dataset": made,
                            "stages": dict(previous["stages"]) if previous else {}}
     annotation_file = str(data / "annotations" / "instances_train2017.json")
@@ -202,7 +174,11 @@ def measure_size(work: Path, images: int, *, model: Path, steps: int, analyze: b
                                          log)
         print(f"  check: {row['stages']['check']['seconds']:.1f} s", flush=True)
     if analyze and "analyze" in stages:
-        result = analyze_warm(size_dir, config, model=model, env=env)
+        # after the index cache exists (as after check, train or any earlier run): a first, cold preprocess
+        # parses the annotation file in a forked child whose time and memory are the preprocess row's
+        result = analyze_once(size_dir, model=model, split="training", batch_size=16, env=env,
+                              warm_up=lambda config, env: child("preprocess", config, "", log=size_dir / "warm-up.log",
+                                                                env=env))
         stages = stages_of(result["summary"]) or {}
         peak = max([result["peak_rss_mb"], *[s["peak_rss_mb"] for s in stages.values() if s.get("peak_rss_mb")]])
         row["stages"]["analyze"] = {"seconds": result["seconds"], "peak_rss_mb": peak, "disk_mb": result["disk_mb"],
@@ -245,7 +221,7 @@ def main() -> None:
     if not (model_dir / "model.onnx").is_file():
         first = work / f"n{sizes[0]}"
         make_dataset_apart(first / "data", sizes[0], env)
-        config = write_config(work / "export-config.yaml", data=first / "data", reports=work / "reports")
+        config = write_config(work / "export-config.yaml", data_root=first / "data", reports=work / "reports")
         log = work / "export.log"
         checked(run_child(cli("--config", str(config), "export", "--untrained", "--alpha", "0.35",
                               "--encoder-weights", "none", "--out", str(model_dir)), log=log, env=env), "export", log)

@@ -797,7 +797,7 @@ def _similar_groups(space: np.ndarray, threshold: float) -> tuple[np.ndarray, np
     for part in _chunks(rows, rows):
         block = space[part] @ space.T
         block[np.arange(part.stop - part.start), np.arange(part.start, part.stop)] = -np.inf  # not itself
-        best[part] = block.max(axis=1) if rows > 1 else -np.inf
+        best[part] = block.max(axis=1)  # -inf for a split of one row
         first, second = np.nonzero(block >= threshold)
         del block  # before the next chunk's block is allocated: one block at a time
         first += part.start

@@ -61,17 +61,19 @@ class _Pixels:
     labelled: np.ndarray  # (B, S, S) bool
     labels: np.ndarray  # (P,) int64
     self_confidence: np.ndarray  # (P,) float16, p of the given label
-    predicted: np.ndarray  # (P,) int64, argmax p (first on ties, as np.argmax)
-    predicted_confidence: np.ndarray  # (P,) float16, p of the predicted class
+    predicted: np.ndarray | None  # (P,) int64, argmax p (first on ties, as np.argmax); None when not asked for
+    predicted_confidence: np.ndarray | None  # (P,) float16, p of the predicted class
 
     @classmethod
-    def of(cls, labels: np.ndarray, probabilities: np.ndarray) -> "_Pixels":
+    def of(cls, labels: np.ndarray, probabilities: np.ndarray, *, predicted: bool = True) -> "_Pixels":
         labelled = labels != IGNORED_LABEL
         pixel_first = np.moveaxis(probabilities, 1, -1)[labelled]  # (P, K)
         given = labels[labelled].astype(np.int64)
-        predicted = pixel_first.argmax(axis=1)
         rows = np.arange(len(given))
-        return cls(labelled, given, pixel_first[rows, given], predicted, pixel_first[rows, predicted])
+        if not predicted:  # the thresholds need the self-confidence only
+            return cls(labelled, given, pixel_first[rows, given], None, None)
+        classes = pixel_first.argmax(axis=1)
+        return cls(labelled, given, pixel_first[rows, given], classes, pixel_first[rows, classes])
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ConfidentLearning:
     issue_count: int = field(init=False, default=0)  # n, after pass 2
     _cutoff: int = field(init=False, default=-1)  # the bit pattern of c, or -1 while unknown
     _ties_left: int = field(init=False, default=0)  # pixels equal to c still to flag in pass 3
+    swaps: np.ndarray = field(init=False, repr=False)  # (K, K) flagged pixels by (given, predicted), pass 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -92,9 +95,10 @@ class ConfidentLearning:
         self._sums = np.zeros(self.num_classes)
         self._pixels_per_class = np.zeros(self.num_classes, np.int64)
         self._histogram = np.zeros(_PATTERNS, np.int64)
+        self.swaps = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def update_thresholds(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
-        pixels = _Pixels.of(*_checked(labels, probabilities, self.num_classes))
+        pixels = _Pixels.of(*_checked(labels, probabilities, self.num_classes), predicted=False)
         self._sums += np.bincount(pixels.labels, weights=pixels.self_confidence.astype(np.float64),
                                   minlength=self.num_classes)
         self._pixels_per_class += np.bincount(pixels.labels, minlength=self.num_classes)
@@ -129,7 +133,8 @@ class ConfidentLearning:
         self._ties_left = self.issue_count - below
 
     def flag(self, labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-        """(B, S, S) bool: the chunk's pixel label issues (the chunks in pass-2 order)."""
+        """(B, S, S) bool: the chunk's pixel label issues (the chunks in pass-2 order); their (given, predicted)
+        classes are added to ``swaps``."""
         labels, probabilities = _checked(labels, probabilities, self.num_classes)
         flagged = np.zeros(labels.shape, bool)
         self._settle()
@@ -141,26 +146,29 @@ class ConfidentLearning:
         tied = np.flatnonzero(patterns == self._cutoff)[:self._ties_left]
         candidate[tied] = True
         self._ties_left -= len(tied)
-        flagged[pixels.labelled] = candidate & (pixels.predicted != pixels.labels)
+        issues = candidate & (pixels.predicted != pixels.labels)
+        flagged[pixels.labelled] = issues
+        self.swaps += swap_counts(issues, pixels.labels, pixels.predicted, self.num_classes)
         return flagged
 
 
-def stream_label_issues(read_chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
-                        num_classes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Confident learning over the chunks ``read_chunks()`` yields — (labels (B, S, S) uint8, probabilities
-    (B, K, S, S) float16), the same chunks in the same order on each of its three calls — yielding per chunk of
-    the last pass (flags (B, S, S) bool, predicted class (B, S, S) int64 at float16 resolution)."""
-    learning = ConfidentLearning(num_classes)
+def stream_label_issues(read_chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                        learning: ConfidentLearning) -> Iterator[np.ndarray]:
+    """Confident learning by ``learning`` (a new accumulator) over the chunks ``read_chunks()`` yields — (labels
+    (B, S, S) uint8, probabilities (B, K, S, S) float16), the same chunks in the same order on each of its three
+    calls — yielding the flags (B, S, S) bool of each chunk of the last pass; ``learning.swaps`` holds the class
+    swaps once the last chunk is out."""
     for labels, probabilities in read_chunks():
         learning.update_thresholds(labels, probabilities)
     for labels, probabilities in read_chunks():
         learning.update_counts(labels, probabilities)
     for labels, probabilities in read_chunks():
-        yield learning.flag(labels, probabilities), np.asarray(probabilities).argmax(axis=1)
+        yield learning.flag(labels, probabilities)
 
 
 def swap_counts(flags: np.ndarray, labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) int64: flagged pixels by (given label, predicted class), cleanlab's ``common_label_issues`` counts."""
+    """(K, K) int64: flagged pixels by (given label, predicted class), cleanlab's ``common_label_issues`` counts;
+    the three arrays of one shape."""
     flags = np.asarray(flags, bool)
     given, seen = np.asarray(labels)[flags].astype(np.int64), np.asarray(predicted)[flags].astype(np.int64)
     return np.bincount(given * num_classes + seen, minlength=num_classes * num_classes).reshape(num_classes,

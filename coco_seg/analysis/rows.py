@@ -2,9 +2,9 @@
 
 Why not ``np.memmap``: every page of a file mapping the process touches counts in its resident set (RssFile) and
 stays there until the kernel needs the memory, so streaming 60,000 samples' probabilities (N × K × S × S float16:
-about 6 GB at 128 px) through a mapping grows the analysis's peak RSS by the whole file. With ``os.pread`` /
-``os.pwrite`` the bytes pass through the page cache, which is not the process's memory, and only the rows asked
-for are ever held.
+about 6 GB at 128 px) through a mapping grows the analysis's peak RSS by the whole file. With ``os.preadv``
+(straight into the result array; ``os.pread`` and a copy where there is no preadv) and ``os.pwrite`` the bytes
+pass through the page cache, which is not the process's memory, and only the rows asked for are ever held.
 
 A ``RowFile`` indexes like the array it stores along its first axis: an int (one row), a slice with step 1, or a
 1-D int array (read as runs of consecutive rows). The file is a valid ``.npy`` (``np.load`` reads it).
@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-_HEADER_ALIGN = 64  # np.lib.format pads the header to a multiple of 64 bytes
+
+
+def _read_into(descriptor: int, target: memoryview, offset: int) -> int:
+    """Read up to len(target) bytes at ``offset`` into ``target``; the number read (0 at the end of the file)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(descriptor, [target], offset)
+    chunk = os.pread(descriptor, len(target), offset)
+    target[:len(chunk)] = chunk
+    return len(chunk)
 
 
 class RowFile:
@@ -106,19 +114,17 @@ class RowFile:
 
     def __getitem__(self, index: Any) -> np.ndarray:
         runs, scalar = self._runs(index)
-        total = sum(length for _, length in runs)
-        out = np.empty((total,) + self.row_shape, self.dtype)
-        view = out.reshape(total, -1).view(np.uint8).reshape(-1) if total else None
+        out = np.empty((sum(length for _, length in runs),) + self.row_shape, self.dtype)
+        buffer = memoryview(out.reshape(-1)).cast("B") if out.size else memoryview(b"")
         position = 0
         for first, length in runs:
-            wanted = length * self.row_bytes
-            done = 0
-            while done < wanted:  # pread may return fewer bytes than asked
-                chunk = os.pread(self._descriptor, wanted - done, self._offset + first * self.row_bytes + done)
-                if not chunk:
+            wanted, done = length * self.row_bytes, 0
+            while done < wanted:  # straight into ``out``; a read may return fewer bytes than asked
+                got = _read_into(self._descriptor, buffer[position + done:position + wanted],
+                                 self._offset + first * self.row_bytes + done)
+                if got == 0:
                     raise OSError(f"{self.path} ends before row {first + length}")
-                view[position + done:position + done + len(chunk)] = np.frombuffer(chunk, np.uint8)
-                done += len(chunk)
+                done += got
             position += wanted
         return out[0] if scalar else out
 

@@ -347,8 +347,7 @@ def find_label_issues(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], 
     cleanlab's ``common_label_issues``. Rows left out take no part: their score is NaN and their issue mask empty.
     Nothing of size N×S×S or more is ever in memory.
     """
-    from coco_seg.analysis.label_issues import stream_label_issues, swap_counts
-    from coco_seg.samples import IGNORED_LABEL
+    from coco_seg.analysis.label_issues import ConfidentLearning, stream_label_issues
 
     work.mkdir(parents=True, exist_ok=True)
     num_classes = len(class_names)
@@ -362,15 +361,14 @@ def find_label_issues(sources: Sequence[tuple[str, StreamedSplit, np.ndarray]], 
         for _, streamed, rows in chunks:
             yield streamed.labels[rows], np.asarray(streamed.probabilities[rows])
 
-    swaps = np.zeros((num_classes, num_classes), np.int64)
-    for (name, streamed, rows), (flags, predicted) in zip(chunks, stream_label_issues(read_chunks,
-                                                                                       num_classes=num_classes)):
-        labels = streamed.labels[rows]
+    learning = ConfidentLearning(num_classes)
+    for (name, streamed, rows), flags in zip(chunks, stream_label_issues(read_chunks, learning)):
         issue_masks[name][rows] = flags
-        counts = (labels != IGNORED_LABEL).reshape(len(rows), -1).sum(axis=1)
+        # labelled pixels: every pixel but the ignored ones, which streaming counted per sample
+        counts = flags[0].size - streamed.samples["ignored_pixels"].to_numpy()[rows]
         image_scores[name][rows] = np.where(
             counts > 0, 1.0 - flags.reshape(len(rows), -1).sum(axis=1) / np.maximum(counts, 1), np.nan)
-        swaps += swap_counts(flags, labels, predicted, num_classes)
+    swaps = learning.swaps
     for mask in issue_masks.values():
         mask.flush()
     total = max(1, int(swaps.sum()))
